@@ -1,0 +1,1 @@
+"""Data: sources -> canonical manifest -> splits -> image cache -> torch datasets."""

@@ -1,0 +1,37 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad CSV row, a missing image, an unknown config key) raises
+`InputError`. The CLI prints it as one line and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_INPUT = 2
+
+
+class InputError(Exception):
+    """Bad input, reported as ``file, row N, field 'x': reason``."""
+
+    def __init__(
+        self,
+        file: str | Path,
+        reason: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = str(file)
+        self.reason = reason
+        self.row = row
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.field is not None:
+            where.append(f"field '{self.field}'")
+        return f"{', '.join(where)}: {self.reason}"
