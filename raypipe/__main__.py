@@ -1,0 +1,3 @@
+from raypipe.cli import main
+
+main()

@@ -1,0 +1,167 @@
+"""The ``raypipe`` command line (also ``python -m raypipe``): parse, call one function, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from raypipe.config import TrainConfig, from_dict, load_preset, load_train_config, to_dict
+from raypipe.console import console, err_console, progress_bar
+from raypipe.errors import EXIT_INPUT, InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Tune and ship pediatric wrist X-ray classifiers on Ray + MLflow.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, check, split and cache data sets.")
+app.add_typer(data_app, name="data")
+
+RunDir = Annotated[Path, typer.Option("--run-dir", help="Where manifests, caches, checkpoints and the "
+                                      "embedded MLflow store live.", envvar="RAYPIPE_RUN_DIR")]
+Source = Annotated[str, typer.Option("--source", help="auto | grazpedwri | mura | csv")]
+DEFAULT_RUN_DIR = Path("runs")
+
+
+@data_app.command("synth")
+def data_synth(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160) -> None:
+    """Write a synthetic data set in the GRAZPEDWRI-DX layout (16-bit PNGs, YOLO labels)."""
+    from raypipe.data.synth import synthesize
+
+    with progress_bar("drawing radiographs") as progress:
+        summary = synthesize(out, patients=patients, seed=seed, height=height, width=width, progress=progress)
+    console.print(f"wrote {summary['images']} images of {summary['patients']} patients to {out}"
+                  f" in {summary['seconds']:.1f} s")
+
+
+@data_app.command("check")
+def data_check(data: Path, source: Source = "auto",
+               age_scheme: Annotated[str, typer.Option(help="3group | 4group | 5group | cut points '6,12'")] = "4group"
+               ) -> None:
+    """Validate a data set and print what it holds."""
+    from raypipe.data.sources import load_source, summarize
+
+    summary = summarize(load_source(data, source), _scheme(age_scheme))
+    table = summary.pop("table")
+    console.print(_frame_table(table, f"{data}: images by projection x age group x label"))
+    for key, value in summary.items():
+        console.print(f"{key.replace('_', ' ')}: {value}")
+
+
+@data_app.command("split")
+def data_split(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "auto", test_per_class: int = 10,
+               val_fraction: float = 0.2, include_metal: bool = False, seed: int = 0, age_scheme: str = "4group") -> None:
+    """Fixed test set per projection and 1-year age bin, then patient-grouped train/val."""
+    from raypipe.data.prepare import load_manifest, make_or_load_splits
+    from raypipe.data.splits import SplitParams
+
+    _scheme(age_scheme)
+    manifest, data_hash, workdir = load_manifest(data, run_dir, source)
+    params = SplitParams(test_per_class, val_fraction, include_metal, seed, age_scheme)
+    splits, split_hash, path = make_or_load_splits(manifest, data_hash, workdir, params)
+    counts = splits["split"].value_counts()
+    console.print(", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test", "excluded")))
+    console.print(f"splits: {path}\nsplit hash: {split_hash}")
+
+
+@data_app.command("cache")
+def data_cache(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "auto", size: int = 224,
+               masking: str = "fill") -> None:
+    """Decode every image once into a memory-mapped cache for this size and masking."""
+    from raypipe.data.cache import ImageCache
+    from raypipe.data.prepare import load_manifest
+
+    manifest, data_hash, _ = load_manifest(data, run_dir, source)
+    with progress_bar("decoding images") as progress:
+        cache = ImageCache.build_or_open(manifest, data_hash, size, masking, run_dir / "cache", progress=progress)
+    console.print(f"{len(cache)} images cached at {size}px ({'built' if cache.built else 'already cached'})")
+
+
+@app.command("train")
+def train(
+    data: Annotated[Path | None, typer.Option(help="Data set folder (or CSV).")] = None,
+    target: Annotated[str | None, typer.Option(help="age | fracture | fracture/AP | fracture/Lat/2")] = None,
+    config: Annotated[Path | None, typer.Option(help="Train config YAML (keys of TrainConfig).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Packaged preset, e.g. 'demo' (synthesises its data).")] = None,
+    workers: Annotated[int | None, typer.Option(help="1 = in-process; >1 = Ray Train DDP.")] = None,
+    epochs: int | None = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set lr=3e-4")] = None,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+    experiment: str = "raypipe",
+    source: Source = "auto",
+) -> None:
+    """Train one target and record it as an MLflow run."""
+    from raypipe.train.job import train_target
+
+    overrides = _overrides(set_) | {k: v for k, v in {"workers": workers, "epochs": epochs}.items() if v is not None}
+    if preset:
+        chosen = load_preset(preset)
+        cfg = from_dict(TrainConfig, {**to_dict(chosen.train), **overrides}, f"preset {preset}")
+        data = data or Path(chosen.data)
+        target = target or chosen.target
+        if not data.exists():
+            data_synth(data, **chosen.synth)
+    else:
+        cfg = load_train_config(config, overrides)
+    if data is None or target is None:
+        raise InputError("command line", "--data and --target are required (or --preset)")
+    with progress_bar("decoding images into the cache") as progress:
+        outcome = train_target(data, target, cfg, run_dir, experiment, source, progress)
+    table = Table(title=f"{outcome.target}: best epoch {outcome.best_epoch} of {outcome.epochs_run}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in outcome.best_metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    console.print(f"MLflow run {outcome.run_id} in experiment '{experiment}' ({outcome.tracking_uri})")
+    console.print(f"open the UI: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1")
+
+
+def _overrides(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError("--set", f"expected key=value, got {item!r}", field=item)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _scheme(spec: str):
+    from raypipe.data.groups import get_scheme
+
+    try:
+        return get_scheme(spec)
+    except ValueError as exc:
+        raise InputError("--age-scheme", str(exc)) from None
+
+
+def _frame_table(frame, title: str) -> Table:
+    table = Table(title=title)
+    frame = frame.reset_index()
+    for col in frame.columns:
+        table.add_column(str(col), justify="right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes are one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as exc:
+        err_console.print(f"error: {exc}", soft_wrap=True, markup=False)
+        sys.exit(EXIT_INPUT)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        code = getattr(exc, "exit_code", None)
+        if code is not None and hasattr(exc, "show"):
+            exc.show()
+            sys.exit(code)
+        raise

@@ -1,0 +1,87 @@
+"""From a data folder to training-ready arrays: the one path every command takes.
+
+source folder -> manifest (validated) -> splits (patient-grouped, hashed) -> image cache
+
+Derived files live in the run directory, never in the user's data folder:
+  <run_dir>/data/<data hash>/manifest.csv
+  <run_dir>/data/<data hash>/splits-<params key>.csv (+ .json with the split hash)
+  <run_dir>/cache/<data hash>-<size>px-<masking>/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raypipe.config import TrainConfig
+from raypipe.data import manifest as manifest_mod
+from raypipe.data import splits as splits_mod
+from raypipe.data.cache import ImageCache
+from raypipe.data.groups import AgeScheme, get_scheme
+from raypipe.data.sources import load_source
+from raypipe.data.targets import Target
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class PreparedData:
+    manifest: pd.DataFrame
+    splits: pd.DataFrame  # row-aligned with manifest
+    data_hash: str
+    split_hash: str
+    scheme: AgeScheme
+    workdir: Path
+    cache: ImageCache | None = None
+
+    def select(self, target: Target, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Cache rows and class labels of ``target`` in ``split``."""
+        in_split = self.manifest[(self.splits["split"] == split).to_numpy()]
+        rows, y = target.select(in_split, self.scheme)
+        if self.cache is None:
+            raise RuntimeError("prepared without an image cache")
+        return self.cache.rows(rows["image_id"].tolist()), y
+
+
+def load_manifest(data: Path, run_dir: Path, source_kind: str = "auto") -> tuple[pd.DataFrame, str, Path]:
+    """Read and validate a data set; save its manifest under the run directory."""
+    manifest = load_source(Path(data), source_kind)
+    data_hash = manifest_mod.content_hash(manifest)
+    workdir = Path(run_dir) / "data" / data_hash[:12]
+    path = workdir / "manifest.csv"
+    if not path.exists():
+        manifest_mod.save(manifest, path)
+    return manifest, data_hash, workdir
+
+
+def make_or_load_splits(manifest: pd.DataFrame, data_hash: str, workdir: Path, params: splits_mod.SplitParams
+                        ) -> tuple[pd.DataFrame, str, Path]:
+    path = workdir / f"splits-{params.key()}.csv"
+    if path.exists() and path.with_suffix(".json").exists():
+        splits, split_hash = splits_mod.load(path)
+    else:
+        splits = splits_mod.make_splits(manifest, get_scheme(params.age_scheme), params)
+        split_hash = splits_mod.save(splits, path, params, data_hash)
+    if not splits["image_id"].astype(str).equals(manifest["image_id"].astype(str)):
+        raise RuntimeError(f"{path} does not match the manifest; delete it to re-split")
+    return splits, split_hash, path
+
+
+def split_params(cfg: TrainConfig) -> splits_mod.SplitParams:
+    return splits_mod.SplitParams(test_per_class=cfg.test_per_class, val_fraction=cfg.val_fraction,
+                                  include_metal=cfg.include_metal, seed=cfg.seed, age_scheme=cfg.age_scheme)
+
+
+def prepare(data: Path, cfg: TrainConfig, run_dir: Path, source_kind: str = "auto",
+            progress: Progress | None = None, with_cache: bool = True) -> PreparedData:
+    manifest, data_hash, workdir = load_manifest(data, run_dir, source_kind)
+    splits, split_hash, _ = make_or_load_splits(manifest, data_hash, workdir, split_params(cfg))
+    cache = None
+    if with_cache:
+        cache = ImageCache.build_or_open(manifest, data_hash, cfg.image_size, cfg.masking, Path(run_dir) / "cache",
+                                         progress=progress)
+    return PreparedData(manifest, splits, data_hash, split_hash, get_scheme(cfg.age_scheme), workdir, cache)

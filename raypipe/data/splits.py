@@ -1,0 +1,123 @@
+"""Patient-safe splits: a fixed test set, then train/val.
+
+The seeds split per image, so a patient's other view and follow-up studies leaked across
+train, val and test. Here every split is grouped by ``patient_id``:
+
+1. Fixed test set, per projection and one-year age bin: up to K fractures and K normals
+   (the seeds' design). Patients are taken whole, single-study patients first; a test
+   patient's images that would overflow a full cell are ``excluded`` rather than leak into
+   training. Every cell therefore holds ``min(K, images in that cell)``.
+2. The remaining patients go to train/val, stratified by projection x age group x label
+   (``StratifiedGroupKFold``), grouped by patient.
+
+Metal cases are excluded by default and oblique views dropped. The result is written
+atomically with its content hash, which every later run records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from raypipe import fsio
+from raypipe.data.groups import AgeScheme
+
+SPLITS = ("train", "val", "test", "excluded")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    test_per_class: int = 10
+    val_fraction: float = 0.2
+    include_metal: bool = False
+    seed: int = 0
+    age_scheme: str = "4group"
+
+    def key(self) -> str:
+        return fsio.sha256_bytes(json.dumps(asdict(self), sort_keys=True).encode())[:10]
+
+
+def make_splits(manifest: pd.DataFrame, scheme: AgeScheme, params: SplitParams) -> pd.DataFrame:
+    """Return ``image_id, split, reason`` for every manifest row."""
+    rng = np.random.default_rng(params.seed)
+    split = pd.Series("", index=manifest.index, dtype=object)
+    reason = pd.Series("", index=manifest.index, dtype=object)
+    drop_proj = manifest["projection"] == "Oblique"
+    split[drop_proj], reason[drop_proj] = "excluded", "oblique"
+    if not params.include_metal:
+        metal = manifest["metal"] & (split == "")
+        split[metal], reason[metal] = "excluded", "metal"
+
+    usable = manifest[split == ""]
+    test_ids, overflow_ids = _fixed_test(usable, params.test_per_class, rng)
+    split[manifest.index.isin(test_ids)] = "test"
+    overflow = manifest.index.isin(overflow_ids)
+    split[overflow], reason[overflow] = "excluded", "test patient, cell full"
+
+    rest = manifest[split == ""]
+    if len(rest):
+        split[rest.index] = _train_val(rest, scheme, params)
+    return pd.DataFrame({"image_id": manifest["image_id"], "split": split, "reason": reason})
+
+
+def _fixed_test(df: pd.DataFrame, k: int, rng: np.random.Generator) -> tuple[pd.Index, pd.Index]:
+    """Pick whole patients until every (projection, 1-year bin, label) cell holds up to k images."""
+    if k <= 0 or df.empty:
+        return pd.Index([]), pd.Index([])
+    cell = (df["projection"].astype(str) + "|" + np.floor(df["age"].fillna(-1)).astype(int).astype(str)
+            + "|" + df["label"].astype(str))
+    filled: dict[str, int] = {}
+    by_patient = df.groupby("patient_id", sort=True).groups
+    # Single-study patients first, random order within: fewer test images lost to full cells.
+    patients = list(by_patient)
+    order = rng.permutation(len(patients))
+    n_studies = df.groupby("patient_id", sort=True)["study_id"].nunique()
+    patients = sorted((patients[i] for i in order), key=lambda p: n_studies[p])
+    test, overflow = [], []
+    for pid in patients:
+        rows = rng.permutation(np.asarray(by_patient[pid]))
+        cells = cell[rows]
+        if all(filled.get(c, 0) >= k for c in cells):
+            continue
+        for idx, c in zip(rows, cells, strict=True):
+            if filled.get(c, 0) < k:
+                filled[c] = filled.get(c, 0) + 1
+                test.append(idx)
+            else:
+                overflow.append(idx)
+    return pd.Index(test), pd.Index(overflow)
+
+
+def _train_val(df: pd.DataFrame, scheme: AgeScheme, params: SplitParams) -> np.ndarray:
+    groups = scheme.group_of(df["age"].to_numpy(dtype=float))
+    strata = df["projection"].astype(str) + "|" + pd.Series(groups, index=df.index).astype(str) + "|" + df["label"].astype(str)
+    n_splits = max(2, round(1 / params.val_fraction)) if params.val_fraction > 0 else 0
+    out = np.full(len(df), "train", dtype=object)
+    if n_splits == 0 or df["patient_id"].nunique() < n_splits:
+        return out
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=params.seed)
+    _, val_idx = next(cv.split(np.zeros(len(df)), strata.to_numpy(), df["patient_id"].to_numpy()))
+    out[val_idx] = "val"
+    return out
+
+
+def save(splits: pd.DataFrame, path: str | Path, params: SplitParams, data_hash: str) -> str:
+    """Write ``splits.csv`` and its ``.json`` record atomically; return the split hash."""
+    data = splits.to_csv(index=False).encode()
+    split_hash = fsio.sha256_bytes(data)
+    fsio.write_bytes(path, data)
+    record = {"split_hash": split_hash, "data_hash": data_hash, "params": asdict(params),
+              "counts": splits["split"].value_counts().to_dict()}
+    fsio.write_text(Path(path).with_suffix(".json"), json.dumps(record, indent=2))
+    return split_hash
+
+
+def load(path: str | Path) -> tuple[pd.DataFrame, str]:
+    path = Path(path)
+    record = json.loads(path.with_suffix(".json").read_text())
+    return pd.read_csv(path, dtype={"image_id": "string"}, keep_default_na=False), record["split_hash"]

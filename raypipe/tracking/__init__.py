@@ -1,0 +1,1 @@
+"""MLflow tracking: runs, per-epoch metrics, plots."""

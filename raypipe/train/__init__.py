@@ -1,0 +1,1 @@
+"""Training: one per-worker loop, launched in-process or as Ray Train DDP."""

@@ -1,0 +1,63 @@
+"""Checkpoints that load without unpickling code.
+
+A checkpoint is a directory:
+  model.safetensors        weights (safetensors: no code can hide in it)
+  optimizer.pt             optimizer + scheduler state, loaded with ``weights_only=True``
+  state.json               epoch, best metric, early-stopping counter, last metrics
+  spec.json                what is needed to rebuild the model (backbone, head, classes, size)
+  val_predictions.npz      labels and scores on validation (plots, thresholds; no identifiers)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+SPEC_FILE = "spec.json"
+PREDS_FILE = "val_predictions.npz"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a DDP wrapper."""
+    return getattr(model, "module", model)
+
+
+def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+         state: dict[str, Any], spec: dict[str, Any], preds: dict[str, np.ndarray]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(unwrap(model), str(directory / MODEL_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIM_FILE)
+    (directory / STATE_FILE).write_text(json.dumps(state, indent=2, default=float))
+    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    np.savez(directory / PREDS_FILE, **preds)
+    return directory
+
+
+def restore(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Load weights and optimizer state into live objects; return the saved loop state."""
+    load_weights(directory, model)
+    opt = torch.load(directory / OPTIM_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    return read_state(directory)
+
+
+def load_weights(directory: Path, model: torch.nn.Module) -> None:
+    load_model(unwrap(model), str(Path(directory) / MODEL_FILE), device=str(next(model.parameters()).device))
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / STATE_FILE).read_text())
+
+
+def read_predictions(directory: Path) -> dict[str, np.ndarray]:
+    with np.load(Path(directory) / PREDS_FILE, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -1,0 +1,89 @@
+"""Run one training job: in-process for one worker, Ray Train ``TorchTrainer`` (DDP) for more.
+
+Both paths run ``loop.run`` and both stream per-epoch metrics to the same MLflow run: the
+in-process session calls the logger directly; under Ray Train a controller-side
+``UserCallback`` forwards rank 0's reports to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from raypipe.train import loop
+from raypipe.train.loop import TrainJob
+from raypipe.train.session import LocalSession, ReportFn
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path  # a local directory (see checkpoint.py)
+    best_epoch: int
+    epochs_run: int
+
+
+def init_ray() -> None:
+    """Attach to ``RAY_ADDRESS`` when set, else start a local cluster bound to 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                 _node_ip_address="127.0.0.1")
+
+
+class _ForwardReports(ray.train.UserCallback):
+    """Runs in the Ray Train controller: hands rank 0's metrics to a logger."""
+
+    def __init__(self, on_report: ReportFn) -> None:
+        self.on_report = on_report
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if metrics:
+            self.on_report(metrics[0], None)
+
+
+def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: ReportFn | None = None,
+        cpus_per_worker: float = 1.0) -> TrainResult:
+    """Train ``job`` with ``job.cfg.workers`` workers; return the best checkpoint as a local dir."""
+    cfg = job.cfg
+    if cfg.workers <= 1:
+        session = LocalSession(out_dir, job.monitor, cfg.use_gpu, on_report)
+        state = loop.run(job, session)
+        best = session.best or session.latest_checkpoint()
+        if best is None:
+            raise RuntimeError("training produced no checkpoint")
+        return TrainResult(best, int(state["best_epoch"]), int(state["epoch"]))
+
+    init_ray()
+    trainer = TorchTrainer(
+        loop.train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=job.monitor, checkpoint_score_order="max"),
+            callbacks=[_ForwardReports(on_report)] if on_report else [],
+        ),
+    )
+    result = trainer.fit()
+    ranked = result.best_checkpoints or []
+    best_ckpt, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics)
+    if best_ckpt is None:
+        raise RuntimeError("training produced no checkpoint")
+    local = Path(out_dir) / "checkpoints" / "best"
+    shutil.rmtree(local, ignore_errors=True)
+    best_ckpt.to_directory(str(local))
+    return TrainResult(local, int(best_metrics.get("epoch", 0)), int(result.metrics.get("epoch", 0)))

@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from raypipe.data.groups import get_scheme
+from raypipe.data.splits import SplitParams, load, make_splits, save
+
+
+def fake_manifest(n_patients=400, seed=0) -> pd.DataFrame:
+    """Patients with 1-3 studies (AP + Lat each) at increasing ages, 30% fractures, 5% metal."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        age = rng.uniform(0.5, 15)
+        for s in range(rng.integers(1, 4)):
+            age = min(age + rng.uniform(0, 2), 19)
+            frac, metal = int(rng.random() < 0.3), bool(rng.random() < 0.05)
+            for proj in ("AP", "Lat"):
+                rows.append({"image_id": f"{p}-{s}-{proj}", "path": "x", "patient_id": f"p{p}",
+                             "study_id": f"p{p}/{s}", "age": round(age, 1), "sex": "F", "projection": proj,
+                             "label": frac, "metal": metal, "text_boxes": "", "source": "test"})
+    rows.append({**rows[0], "image_id": "oblique", "projection": "Oblique"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def split_result():
+    m = fake_manifest()
+    return m, make_splits(m, get_scheme("4group"), SplitParams(test_per_class=3, seed=1))
+
+
+def test_no_patient_in_two_splits(split_result):
+    m, s = split_result
+    used = m.assign(split=s["split"])[s["split"] != "excluded"]
+    assert (used.groupby("patient_id")["split"].nunique() == 1).all()
+    assert set(used["split"]) == {"train", "val", "test"}
+
+
+def test_fixed_test_holds_k_per_class_per_age_bin_where_available(split_result):
+    m, s = split_result
+    k = 3
+    eligible = m[(m["projection"] != "Oblique") & ~m["metal"]]
+    cell = lambda d: d["projection"] + "|" + np.floor(d["age"]).astype(int).astype(str) + "|" + d["label"].astype(str)  # noqa: E731
+    available = cell(eligible).value_counts()
+    in_test = cell(m[s["split"] == "test"]).value_counts()
+    for c, n in available.items():
+        assert in_test.get(c, 0) == min(k, n), c
+
+
+def test_metal_and_oblique_excluded_by_default(split_result):
+    m, s = split_result
+    assert (s.loc[m["metal"].to_numpy(), "split"] == "excluded").all()
+    assert s.loc[m["image_id"] == "oblique", "reason"].item() == "oblique"
+    with_metal = make_splits(m, get_scheme("4group"), SplitParams(test_per_class=3, include_metal=True))
+    assert (with_metal.loc[m["metal"].to_numpy(), "split"] != "excluded").any()
+
+
+def test_val_fraction_and_strata(split_result):
+    m, s = split_result
+    tv = m.assign(split=s["split"])[s["split"].isin(["train", "val"])]
+    frac = (tv["split"] == "val").mean()
+    assert 0.12 < frac < 0.28
+    # every projection x label stratum is represented in val
+    assert tv[tv["split"] == "val"].groupby(["projection", "label"]).size().min() > 5
+
+
+def test_deterministic_and_seed_dependent():
+    m = fake_manifest(120)
+    a = make_splits(m, get_scheme("4group"), SplitParams(seed=3))
+    b = make_splits(m, get_scheme("4group"), SplitParams(seed=3))
+    c = make_splits(m, get_scheme("4group"), SplitParams(seed=4))
+    assert a.equals(b) and not a["split"].equals(c["split"])
+
+
+def test_save_load_hash_roundtrip(tmp_path):
+    m = fake_manifest(50)
+    s = make_splits(m, get_scheme("4group"), SplitParams())
+    h = save(s, tmp_path / "splits.csv", SplitParams(), "datahash")
+    loaded, h2 = load(tmp_path / "splits.csv")
+    assert h == h2 and loaded["split"].tolist() == s["split"].tolist()
+    assert not list(tmp_path.glob(".*tmp"))
