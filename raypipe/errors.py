@@ -28,6 +28,9 @@ class InputError(Exception):
         self.field = field
         super().__init__(str(self))
 
+    def __reduce__(self):  # picklable across process pools and Ray workers
+        return (_rebuild, (self.file, self.reason, self.row, self.field))
+
     def __str__(self) -> str:
         where = [self.file]
         if self.row is not None:
@@ -35,3 +38,7 @@ class InputError(Exception):
         if self.field is not None:
             where.append(f"field '{self.field}'")
         return f"{', '.join(where)}: {self.reason}"
+
+
+def _rebuild(file: str, reason: str, row: int | None, field: str | None) -> InputError:
+    return InputError(file, reason, row=row, field=field)

@@ -29,7 +29,7 @@ def test_invalid_yaml_reports_line(tmp_path):
 
 def test_demo_preset_loads():
     preset = load_preset("demo")
-    assert preset.train.backbone == "test_convnext" and preset.synth["patients"] > 0
+    assert preset.train.backbone == "resnet10t" and preset.synth["patients"] > 0
 
 
 def test_age_schemes():

@@ -70,12 +70,13 @@ def normalise(df: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
     """Check a source's output against the schema and return it with canonical dtypes.
 
     ``origin`` names the file the rows came from, for error messages. Rows are numbered as
-    in that file (1 = first data row), using the ``_row`` column when the adapter kept it.
+    line numbers in that file (header = line 1, so the first data row is row 2), taken from the
+    ``_row`` column when the adapter kept it.
     """
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise InputError(origin, f"manifest lacks columns {missing}", field=missing[0])
-    rows = df["_row"] if "_row" in df.columns else pd.Series(np.arange(1, len(df) + 1), index=df.index)
+    rows = df["_row"] if "_row" in df.columns else pd.Series(np.arange(2, len(df) + 2), index=df.index)
     if len(df) == 0:
         raise InputError(origin, "no images found")
 

@@ -17,6 +17,7 @@ atomically with its content hash, which every later run records.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def _train_val(df: pd.DataFrame, scheme: AgeScheme, params: SplitParams) -> np.n
     if n_splits == 0 or df["patient_id"].nunique() < n_splits:
         return out
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=params.seed)
-    _, val_idx = next(cv.split(np.zeros(len(df)), strata.to_numpy(), df["patient_id"].to_numpy()))
+    with warnings.catch_warnings():  # rare strata (few patients) are expected in small age groups
+        warnings.simplefilter("ignore", UserWarning)
+        _, val_idx = next(cv.split(np.zeros(len(df)), strata.to_numpy(), df["patient_id"].to_numpy()))
     out[val_idx] = "val"
     return out
 

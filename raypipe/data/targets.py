@@ -37,7 +37,7 @@ class Target:
     def select(self, manifest: pd.DataFrame, scheme: AgeScheme) -> tuple[pd.DataFrame, np.ndarray]:
         """Rows of this target and their class index."""
         groups = scheme.group_of(manifest["age"].to_numpy(dtype=float))
-        keep = manifest["projection"].isin(PROJECTIONS).to_numpy()
+        keep = manifest["projection"].isin(PROJECTIONS).to_numpy().copy()  # pandas may hand out read-only
         if self.projection is not None:
             keep &= (manifest["projection"] == self.projection).to_numpy()
         if self.kind == "age" or self.group is not None:

@@ -7,6 +7,7 @@ in-process session calls the logger directly; under Ray Train a controller-side
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ def init_ray() -> None:
     else:
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False,
                  _node_ip_address="127.0.0.1")
+
+
+def _score(metrics: dict[str, Any], monitor: str) -> float:
+    value = float(metrics.get(monitor, math.nan))
+    return -math.inf if math.isnan(value) else value
 
 
 class _ForwardReports(ray.train.UserCallback):
@@ -79,8 +85,9 @@ def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: 
         ),
     )
     result = trainer.fit()
-    ranked = result.best_checkpoints or []
-    best_ckpt, best_metrics = ranked[0] if ranked else (result.checkpoint, result.metrics)
+    # Ray keeps the best checkpoints but does not order them best-first: choose by the monitor.
+    kept = result.best_checkpoints or [(result.checkpoint, result.metrics)]
+    best_ckpt, best_metrics = max(kept, key=lambda pair: _score(pair[1], job.monitor))
     if best_ckpt is None:
         raise RuntimeError("training produced no checkpoint")
     local = Path(out_dir) / "checkpoints" / "best"

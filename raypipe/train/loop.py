@@ -67,8 +67,8 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
     val_ds = CachedImageDataset(job.cache, job.val_rows, job.val_labels, 0.0, train=False, seed=cfg.seed)
     sampler = build_sampler(cfg, job.train_labels, session.rank, world)
     batch = max(1, cfg.batch_size // world)  # cfg.batch_size is global
-    loader_args = {"num_workers": cfg.loader_workers, "pin_memory": device.type == "cuda",
-                   "persistent_workers": cfg.loader_workers > 0}
+    # Not persistent: the dataset's per-epoch augmentation seed must reach fresh loader workers.
+    loader_args = {"num_workers": cfg.loader_workers, "pin_memory": device.type == "cuda"}
     train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) > batch, **loader_args)
     val_loader = DataLoader(val_ds, batch_size=2 * batch, shuffle=False, **loader_args)
 
@@ -93,6 +93,7 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
         if state["bad_epochs"] >= cfg.patience:
             break
         sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
         started = time.perf_counter()
         train_loss = _train_epoch(model, train_loader, criterion, optimizer, cfg.grad_clip, amp, device, world)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}

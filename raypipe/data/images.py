@@ -1,0 +1,241 @@
+"""Decode an X-ray once, correctly: file -> float [0,1] -> text masked -> letterboxed uint8.
+
+Why this module is careful:
+
+* GRAZPEDWRI-DX PNGs are 16-bit. ``cv2.imread`` without ``IMREAD_UNCHANGED`` silently drops them
+  to 8 bit, and a plain ``/65535`` leaves the used range (often 12 bits) squeezed into a few
+  dozen grey levels. We read unchanged and window robustly (0.5-99.5 percentile) instead.
+* DICOM stores raw detector values: the Modality LUT (rescale) and the VOI LUT / window chosen
+  by the modality must be applied, and MONOCHROME1 means "bright = low value" and is inverted.
+* Text markers (YOLO class 8) are a shortcut a classifier will learn (in one group every negative
+  image had one). ``fill`` paints them with the image median so no new bright/black patch appears.
+* Every failure a user can fix (missing, empty, truncated, undecodable file) is an
+  ``InputError(path, reason)`` so the CLI prints one line instead of a traceback.
+
+``prepare`` is the only entry point the image cache calls.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from raypipe.data.manifest import parse_boxes
+from raypipe.errors import InputError
+
+MASKING_MODES = ("off", "fill", "blur")
+WINDOW_PERCENTILES = (0.5, 99.5)
+_DICOM_HINT = "DICOM support is not installed: pip install raypipe[dicom]"
+
+Box = tuple[float, float, float, float]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any supported image as a 2-D float32 array in [0, 1] (grayscale, bright = dense)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "image file not found") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read image: {exc.strerror or exc}") from None
+    if not data:
+        raise InputError(path, "image file is empty (0 bytes)")
+    if path.suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM":
+        return _read_dicom(path, data)
+    return _read_raster(path, data)
+
+
+def _read_raster(path: Path, data: bytes) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(path, "cannot decode image (truncated, corrupt or unsupported format)")
+    if img.ndim == 3:
+        channels = img.shape[2]
+        if channels == 1 or channels == 2:  # gray (+ alpha)
+            img = img[:, :, 0]
+        elif channels in (3, 4):
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY)
+        else:
+            raise InputError(path, f"unexpected number of channels: {channels}")
+    if img.ndim != 2 or img.size == 0:
+        raise InputError(path, f"unexpected image shape {img.shape}")
+    return _to_unit(path, img)
+
+
+def window(img: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> np.ndarray:
+    """Map the robust intensity range (percentiles) linearly to [0, 1], clipping the tails.
+
+    Percentiles come from a strided subsample: same answer to a grey level, several times faster.
+    """
+    lo, hi = np.percentile(_sample(img), percentiles)
+    out = img.astype(np.float32)
+    if hi <= lo:  # flat image: nothing to window
+        return np.zeros_like(out)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _read_dicom(path: Path, data: bytes) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:
+        raise InputError(path, _DICOM_HINT) from None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        raise InputError(path, f"cannot parse DICOM: {_one_line(exc)}") from None
+    if "PixelData" not in ds:
+        raise InputError(path, "DICOM file has no pixel data")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise InputError(path, f"cannot decode DICOM pixel data: {_one_line(exc)}") from None
+    if int(ds.get("SamplesPerPixel", 1)) == 3:  # colour secondary capture: pydicom gives RGB
+        arr = arr[0] if arr.ndim == 4 else arr
+        return _to_unit(path, cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY))
+    if arr.ndim == 3:  # multi-frame: the first frame
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(path, f"unexpected DICOM pixel array shape {arr.shape}")
+    try:
+        values = apply_modality_lut(arr, ds)
+        has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+        if has_voi:
+            lo, hi = _voi_output_range(ds)
+            values = apply_voi_lut(values, ds)
+    except Exception as exc:
+        raise InputError(path, f"invalid DICOM LUT/window: {_one_line(exc)}") from None
+    if has_voi and hi > lo:
+        out = np.clip((np.asarray(values, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    else:
+        out = window(np.asarray(values))
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        out = 1.0 - out
+    return out.astype(np.float32, copy=False)
+
+
+def _to_unit(path: Path, arr: np.ndarray) -> np.ndarray:
+    """8-bit: plain /255 (already display-ready). 16-bit: robust window (raw detector range)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) * np.float32(1 / 255)
+    if arr.dtype == np.uint16:
+        return window(arr)
+    raise InputError(path, f"unexpected bit depth: {arr.dtype} (expected 8- or 16-bit)")
+
+
+def _voi_output_range(ds: Any) -> tuple[float, float]:
+    """The value range ``apply_voi_lut`` maps into (PS3.3 C.11.2), as pydicom computes it."""
+    get = ds.get
+    if "VOILUTSequence" in ds:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    bits_stored = int(get("BitsStored", 16))
+    if get("ModalityLUTSequence"):
+        bits = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        lo, hi = 0.0, float(2**bits - 1)
+    elif int(get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits_stored - 1)
+    else:
+        lo, hi = float(-(2 ** (bits_stored - 1))), float(2 ** (bits_stored - 1) - 1)
+    slope, intercept = get("RescaleSlope"), get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return min(lo, hi), max(lo, hi)
+
+
+def _sample(img: np.ndarray, target: int = 65_536) -> np.ndarray:
+    """A strided ~``target``-pixel view: enough for percentiles/median to a grey level, and cheap."""
+    step = max(1, int(np.ceil(np.sqrt(img.size / target))))
+    return img[::step, ::step]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _box_pixels(box: Box, h: int, w: int, dilate: float) -> tuple[int, int, int, int] | None:
+    """YOLO normalised ``cx cy bw bh`` -> clipped pixel rectangle, grown by ``dilate`` per side."""
+    cx, cy, bw, bh = box
+    pad_x, pad_y = max(2.0, dilate * bw * w), max(2.0, dilate * bh * h)
+    x0 = int(np.floor((cx - bw / 2) * w - pad_x))
+    x1 = int(np.ceil((cx + bw / 2) * w + pad_x))
+    y0 = int(np.floor((cy - bh / 2) * h - pad_y))
+    y1 = int(np.ceil((cy + bh / 2) * h + pad_y))
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def mask_text(img: np.ndarray, boxes: Sequence[Box] | str, mode: str, dilate: float = 0.1) -> np.ndarray:
+    """Hide text markers (YOLO class-8 boxes) so the model cannot use them as a shortcut.
+
+    ``fill`` paints each (slightly dilated) box with the image median: the marker disappears and
+    no new bright or black patch takes its place. ``blur`` applies a strong Gaussian blur inside
+    the box: glyphs become unreadable but a soft blob of the marker's brightness remains, so
+    ``fill`` is the safer default. ``off`` returns the image unchanged. Returns a new array.
+    """
+    if mode not in MASKING_MODES:
+        raise ValueError(f"unknown masking mode {mode!r} (expected one of {', '.join(MASKING_MODES)})")
+    if isinstance(boxes, str):
+        boxes = parse_boxes(boxes)
+    if mode == "off" or not boxes:
+        return img
+    out = img.copy()
+    h, w = img.shape[:2]
+    rects = [r for r in (_box_pixels(b, h, w, dilate) for b in boxes) if r is not None]
+    if mode == "fill":
+        fill = np.median(_sample(img))
+        for x0, y0, x1, y1 in rects:
+            out[y0:y1, x0:x1] = fill
+        return out
+    for x0, y0, x1, y1 in rects:
+        bw, bh = x1 - x0, y1 - y0
+        sigma = max(bw, bh) / 2
+        # blur a context region around the box so edges blend with the surroundings
+        cx0, cy0 = max(0, x0 - bw), max(0, y0 - bh)
+        cx1, cy1 = min(w, x1 + bw), min(h, y1 + bh)
+        region = cv2.GaussianBlur(img[cy0:cy1, cx0:cx1], (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        out[y0:y1, x0:x1] = region[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+    return out
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8 (rounded, clipped); uint8 passes through unchanged."""
+    if img.dtype == np.uint8:
+        return img
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def letterbox(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize the long side to ``size`` keeping the aspect ratio, centre, pad with 0 -> uint8.
+
+    Squashing a 600x1000 wrist into a square would distort bone shapes differently per image;
+    padding keeps geometry comparable. INTER_AREA when shrinking (no aliasing), linear when
+    growing. Resizing happens in float before quantising, so no precision is lost twice.
+    """
+    if img.ndim != 2:
+        raise ValueError(f"letterbox expects a 2-D grayscale image, got shape {img.shape}")
+    h, w = img.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    src = img if img.dtype == np.uint8 else img.astype(np.float32, copy=False)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(src, (nw, nh), interpolation=interp) if (nh, nw) != (h, w) else src
+    out = np.zeros((size, size), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = to_uint8(resized)
+    return out
+
+
+def prepare(path: str | Path, boxes_text: str | Sequence[Box], size: int, masking: str) -> np.ndarray:
+    """The whole chain the cache runs once per image: decode -> mask text -> letterbox (uint8)."""
+    img = read_image(path)
+    img = mask_text(img, boxes_text, masking)
+    return letterbox(img, size)

@@ -1,0 +1,422 @@
+"""Synthetic pediatric wrist radiographs in the exact GRAZPEDWRI-DX on-disk layout.
+
+Why: the real data set cannot be fetched at run time, yet every adapter, cache, target and training
+path must run end to end on data with the real quirks (BOM, blank flags, 16-bit PNGs spread over
+``images_part1..4``, YOLO labels under ``folder_structure``) and with signal a small CNN can learn:
+age from bone size, cortical thickness, carpal ossification and physis closure; fracture from a
+cortical break. Drawing is procedural (numpy + cv2), seeded per patient, so a seed gives byte-identical
+output however many processes render it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from raypipe import fsio
+from raypipe.errors import InputError
+
+COLUMNS = [
+    "filestem", "patient_id", "study_number", "timehash", "gender", "age", "laterality", "projection",
+    "initial_exam", "ao_classification", "cast", "diagnosis_uncertain", "osteopenia", "fracture_visible",
+    "metal", "pixel_spacing", "device_manufacturer",
+]
+FLAGS = ("initial_exam", "cast", "diagnosis_uncertain", "osteopenia", "fracture_visible", "metal")
+FRACTURE, METAL, TEXT = 3, 4, 8  # YOLO classes of the published data set
+LABELS_DIR = Path("folder_structure") / "yolov5" / "labels"
+# Carpals in ossification order: capitate, hamate, triquetrum, lunate, scaphoid, trapezium, trapezoid,
+# pisiform. Columns: typical onset age (years), x across the carpus (0 = ulnar, 1 = radial side),
+# y from the radius (0) to the metacarpals (1), relative size.
+CARPALS = np.array([
+    [1.0, 0.52, 0.66, 1.10], [1.5, 0.27, 0.66, 0.95], [3.0, 0.13, 0.30, 0.75], [4.0, 0.45, 0.22, 0.85],
+    [5.5, 0.76, 0.28, 0.90], [6.5, 0.93, 0.70, 0.75], [7.5, 0.74, 0.74, 0.65], [11.0, 0.05, 0.45, 0.50],
+])
+# Fracture kinds and the AO pediatric code each one is published under.
+AO_RADIUS = {"buckle": "23r-M/2.1", "complete": "23r-M/3.1", "sh2": "23r-E/2.1", "sh1": "23r-E/1.1"}
+AO_ULNA = {"styloid": "23u-E/7", "meta": "23u-M/2.1"}
+Box = tuple[int, float, float, float, float]
+
+
+def synthesize(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
+               progress: Callable[[int, int], None] | None = None, *, workers: int | None = None) -> dict:
+    """Write a GRAZPEDWRI-DX-layout data set of ``patients`` synthetic patients into ``out``.
+
+    Everything goes to a temporary sibling renamed onto ``out`` at the end, so a crash leaves no
+    half-written data set. ``progress(done, total)`` counts images. ``workers`` (default: 1 for small
+    sets, else up to 4 threads) never changes the bytes written, since every patient has its own
+    random stream. Returns counts (``fractures`` and ``metal`` count images) and the seconds taken.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, "already exists and is not empty")
+    if patients < 1 or height < 32 or width < 32:
+        raise InputError(out, "synthesize needs patients >= 1 and images of at least 32x32 pixels")
+    start = time.perf_counter()
+    plans = _plan(seed, patients, height, width)
+    rows = [img["row"] for p in plans for img in p["images"]]
+    total = len(rows)
+    if workers is None:
+        workers = 1 if patients < 40 else max(1, min(4, os.cpu_count() or 1))
+    with fsio.atomic_dir(out) as tmp:
+        for part in range(1, 5):
+            (tmp / f"images_part{part}").mkdir()
+        (tmp / LABELS_DIR).mkdir(parents=True)
+        done = 0
+        if workers == 1:
+            for plan in plans:
+                for _ in _render_patient(tmp, plan):
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        else:
+            size = max(1, math.ceil(patients / (workers * 6)))
+            chunks = [plans[i:i + size] for i in range(0, patients, size)]
+            # threads, not processes: cv2 drawing/blur/PNG encoding and numpy release the GIL (as fast as
+            # a process pool here), with no fork of a parent running Ray/torch threads and no re-import
+            # of the caller's __main__ that spawn/forkserver would need
+            with ThreadPoolExecutor(workers) as pool:
+                try:
+                    for fut in as_completed([pool.submit(_render_chunk, tmp, c) for c in chunks]):
+                        done += fut.result()
+                        if progress:
+                            progress(done, total)
+                except BaseException:  # a failure or Ctrl-C: do not render the rest first
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        with open(tmp / "dataset.csv", "w", encoding="utf-8-sig", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(COLUMNS)
+            writer.writerows([[r[c] for c in COLUMNS] for r in rows])
+    return {
+        "images": total,
+        "patients": patients,
+        "studies": sum(len({i["row"]["study_number"] for i in p["images"]}) for p in plans),
+        "fractures": sum(r["fracture_visible"] == "1" for r in rows),
+        "metal": sum(r["metal"] == "1" for r in rows),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else ""
+
+
+def _plan(seed: int, patients: int, height: int, width: int) -> list[dict[str, Any]]:
+    """All metadata, drawn up front so the image count is known and rows never depend on rendering."""
+    plans = []
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(patients)):
+        meta_seed, pixel_seed = child.spawn(2)
+        rng = np.random.default_rng(meta_seed)
+        pid = f"{i + 1:04d}"
+        sex = str(rng.choice(["M", "F", "O"], p=[0.52, 0.475, 0.005]))
+        body = {  # anatomy shared by all of a patient's images
+            "scale": rng.uniform(0.92, 1.08), "density": rng.uniform(0.9, 1.1),
+            "closure": (15.2 if sex == "F" else 16.8) + rng.normal(0, 0.6),
+            "onset": CARPALS[:, 0] * np.exp(rng.normal(0, 0.12, len(CARPALS))),
+            "ulna_onset": rng.normal(6.0, 0.7), "ulnar_variance": rng.normal(0.0, 0.012),
+            "carpal_angle": rng.uniform(-40, 40, len(CARPALS)),
+        }
+        side, osteopenia = str(rng.choice(["L", "R"])), bool(rng.random() < 0.01)
+        age = round(0.2 + 18.8 * rng.beta(2.6, 2.0), 1)
+        fracture: dict[str, Any] | None = None
+        metal = False
+        images = []
+        for study in range(1, int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2])) + 1):
+            if study > 1:
+                age = min(19.0, round(age + rng.exponential(0.4), 1))
+            follow_up = fracture is not None and rng.random() < 0.85
+            if not follow_up:
+                p_frac = 0.64 if age < 10 else 0.56 if age < 15 else 0.38
+                fracture = _fracture(rng, age, body) if rng.random() < p_frac else None
+            metal = bool(rng.random() < (0.06 if fracture else 0.01)) or (follow_up and metal)  # plates stay
+            common = {
+                "patient_id": pid, "study_number": str(study), "timehash": str(rng.integers(10**9, 10**10)),
+                "gender": sex, "age": f"{age:.1f}", "laterality": side, "initial_exam": _flag(not follow_up),
+                "ao_classification": "; ".join(fracture["codes"]) if fracture else "",
+                "cast": _flag(follow_up and rng.random() < 0.5),
+                "diagnosis_uncertain": _flag(fracture is not None and rng.random() < 0.03),
+                "osteopenia": _flag(osteopenia), "fracture_visible": _flag(fracture is not None),
+                "metal": _flag(metal), "pixel_spacing": str(rng.choice(["0.1", "0.1", "0.1", "0.125", "0.144"])),
+                "device_manufacturer": str(rng.choice(["Agfa", "Agfa", "Agfa", "Siemens", "Philips"])),
+            }
+            for proj in [1, 2] + ([3] if rng.random() < 0.01 else []):
+                stem = (f"{pid}_{common['timehash']}_{study:02d}_WRI-{side}{proj}_"
+                        f"{sex}{round(age * 10):03d}")
+                images.append({"row": {"filestem": stem, "projection": str(proj), **common},
+                               "age": age, "projection": proj, "fracture": fracture, "metal": metal,
+                               "cast": common["cast"] == "1", "osteopenia": osteopenia})
+        plans.append({"part": 1 + i * 4 // patients, "seed": pixel_seed, "body": body, "flip": side == "R",
+                      "height": height, "width": width, "images": images})
+    return plans
+
+
+def _fracture(rng: np.random.Generator, age: float, body: dict) -> dict[str, Any]:
+    """One injury: kind, level and displacement in both views, kept through follow-up studies."""
+    open_physis = age < body["closure"] - 0.5
+    kinds = ["buckle", "complete", "sh2", "sh1"] if open_physis else ["buckle", "complete"]
+    probs = [0.35, 0.35, 0.25, 0.05] if open_physis else [0.5, 0.5]
+    kind = str(rng.choice(kinds, p=probs))
+    ulna = None
+    if rng.random() < 0.3:
+        ulna = "styloid" if age > body["ulna_onset"] + 2 and rng.random() < 0.5 else "meta"
+    sign = rng.choice([-1.0, 1.0])
+    big = kind in ("complete", "sh2", "sh1")
+    return {
+        "kind": kind, "ulna": ulna, "level": rng.uniform(0.05, 0.12), "tilt": rng.uniform(-14, 14),
+        "angle_ap": sign * rng.uniform(3, 10) if big else sign * rng.uniform(1, 4),
+        "angle_lat": rng.uniform(8, 22) if big else rng.uniform(3, 7),
+        "shift_ap": sign * rng.uniform(0.1, 0.35) if big else 0.0,
+        "shift_lat": rng.uniform(0.15, 0.45) if big else 0.0,
+        "codes": [AO_RADIUS[kind]] + ([AO_ULNA[ulna]] if ulna else []),
+        "severity": rng.uniform(0.3, 1.0),  # subtle to obvious, so the task does not saturate
+    }
+
+
+def _render_chunk(root: Path, plans: list[dict[str, Any]]) -> int:
+    return sum(sum(1 for _ in _render_patient(root, plan)) for plan in plans)
+
+
+def _render_patient(root: Path, plan: dict[str, Any]):  # noqa: ANN202 (generator of None)
+    """Render and write one patient's images, yielding after each so progress can be reported."""
+    rng = np.random.default_rng(plan["seed"])
+    for img in plan["images"]:
+        pixels, boxes = _render(rng, plan, img)
+        stem = img["row"]["filestem"]
+        cv2.imwrite(str(root / f"images_part{plan['part']}" / f"{stem}.png"), pixels)
+        (root / LABELS_DIR / f"{stem}.txt").write_text("".join(
+            f"{c} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for c, x, y, bw, bh in boxes))
+        yield
+
+
+def _tube(layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], hw0: float, hw1: float,
+          cort: float, cval: float, mval: float) -> None:
+    """A long bone from ``p0`` to ``p1`` whose half-width flares from hw0 to hw1 near p1 (metaphysis):
+    cortex polygon filled, then the medulla inside it, so the cortex shows as a bright rim."""
+    t = np.linspace(0.0, 1.0, 14)[:, None]
+    a, b = np.array(p0), np.array(p1)
+    centre = a + (b - a) * t
+    normal = np.array([-(b - a)[1], (b - a)[0]]) / (np.hypot(*(b - a)) + 1e-9)
+    hw = hw0 + (hw1 - hw0) * t ** 2.5
+    for half, val in ((hw, cval), (np.maximum(hw - cort * (1 - 0.5 * t), 0.3), mval)):
+        poly = np.concatenate([centre + normal * half, (centre - normal * half)[::-1]])
+        cv2.fillPoly(layer, [np.round(poly * 16).astype(np.int32)], val, cv2.LINE_8, 4)
+
+
+def _dome(layer: np.ndarray, c: tuple[float, float], ax: tuple[float, float], angle: float, cort: float,
+          cval: float, mval: float, full: bool = False) -> None:
+    """An ossification centre: an upper half-ellipse (epiphysis) or full ellipse (carpal) with a rim."""
+    for (a, b), val in (((ax[0], ax[1]), cval), ((ax[0] - cort, ax[1] - cort), mval)):
+        if a > 0.5 and b > 0.5:
+            cv2.ellipse(layer, (round(c[0] * 16), round(c[1] * 16)), (round(a * 16), round(b * 16)), angle,
+                        0 if full else 180, 360, val, -1, cv2.LINE_8, 4)
+
+
+def _break(layer: np.ndarray, x: float, y: float, half: float, tilt: float, angle: float,
+           shift: tuple[float, float], gap: float, rng: np.random.Generator, dark: float = 0.85) -> np.ndarray:
+    """Cut ``layer`` along a line through (x, y); rotate/shift the distal (upper) fragment and carve a
+    jagged dark fracture line. Overlap of the fragments adds up, like an impaction band."""
+    h, w = layer.shape
+    yy, xx = np.ogrid[:h, :w]
+    distal = (yy < y + (xx - x) * math.tan(math.radians(tilt))).astype(np.float32)
+    m = cv2.getRotationMatrix2D((x + half * np.sign(angle), y), angle, 1.0)
+    m[:, 2] += shift
+    out = layer * (1 - distal) + cv2.warpAffine(layer * distal, m, (w, h), flags=cv2.INTER_LINEAR)
+    if gap > 0:
+        xs = np.linspace(x - half * 1.3, x + half * 1.3, 7)
+        ys = y + (xs - x) * math.tan(math.radians(tilt)) + rng.normal(0, gap * 0.6, 7)
+        mask = np.zeros_like(layer)
+        cv2.polylines(mask, [np.round(np.stack([xs, ys], 1) * 16).astype(np.int32)], False, 1.0,
+                      max(1, round(gap)), cv2.LINE_8, 4)
+        out *= 1 - dark * mask
+    return out
+
+
+def _box(points: np.ndarray, m: np.ndarray, w: int, h: int, cls: int) -> Box | None:
+    """YOLO box (normalised) of ``points`` after the image transform ``m``, clipped to the image."""
+    p = np.asarray(points, np.float64) @ m[:, :2].T + m[:, 2]
+    x0, y0 = np.clip(p.min(0), 0, [w, h])
+    x1, y1 = np.clip(p.max(0), 0, [w, h])
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None
+    return cls, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
+    """Smooth random field: coarse Gaussian grid upsampled (texture at scale ``cell`` px)."""
+    grid = rng.standard_normal((h // cell + 2, w // cell + 2)).astype(np.float32)
+    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any]) -> tuple[np.ndarray, list[Box]]:
+    """One radiograph: attenuation drawn in a canonical left-hand frame (fingers up, radius on the
+    right), then mirrored/rotated, windowed into 16 bit, noised and stamped with a text marker."""
+    h = round(plan["height"] * rng.uniform(0.9, 1.1))
+    w = round(plan["width"] * rng.uniform(0.9, 1.1))
+    age, body, frac = img["age"], plan["body"], img["fracture"]
+    spread = {1: 1.0, 2: 0.12, 3: 0.55}[img["projection"]]  # how far apart radius and ulna project
+    lat = img["projection"] == 2
+    grow = min(age, 18.0) / 18.0
+    s = 0.82 * (0.45 + 0.55 * grow ** 0.7) * body["scale"] * rng.uniform(0.96, 1.04)
+    dens = body["density"] * (0.8 + 0.2 * grow) * (0.7 if img["osteopenia"] else 1.0)
+    cval, mval = 0.85 * dens, 0.32 * dens
+    cort = (0.24 + 0.22 * grow) * (0.6 if img["osteopenia"] else 1.0)  # cortex share of shaft half-width
+    gap = 0.03 * h * s * max(0.0, 1.0 - age / body["closure"]) ** 0.7  # physis width in px
+    cx, yp = w * (0.5 + rng.normal(0, 0.03)), h * (0.5 + rng.normal(0, 0.03))
+    wf = 0.8 + 0.2 * spread
+    r_meta, r_shaft = 0.13 * w * s * wf, 0.075 * w * s * wf
+    u_meta, u_shaft = 0.075 * w * s * wf, 0.055 * w * s * wf
+    d = (0.30 * spread + 0.03) * w * s
+    xr, xu = cx + d / 2, cx - d / 2
+    yu = yp + h * s * (0.02 + body["ulnar_variance"])
+    radius, ulna, hand = (np.zeros((h, w), np.float32) for _ in range(3))
+    _tube(radius, (xr - 0.05 * w * s * spread, 1.15 * h), (xr, yp), r_shaft, r_meta, cort * r_shaft, cval, mval)
+    _tube(ulna, (xu + 0.02 * w * s * spread, 1.15 * h), (xu, yu), u_shaft, u_meta, cort * u_shaft, cval, mval)
+    if gap > 0:  # zone of provisional calcification: bright seam under each open physis
+        for x, y, hw in ((xr, yp, r_meta), (xu, yu, u_meta)):
+            cv2.line(radius if x == xr else ulna, (round((x - hw * 0.9) * 16), round(y * 16)),
+                     (round((x + hw * 0.9) * 16), round(y * 16)), cval * 0.5, 1, cv2.LINE_8, 4)
+    # distal epiphyses: radius ossifies at ~1 y, ulna at ~6 y; both widen to the metaphysis
+    eg = float(np.clip((age - 0.8) / 7, 0, 1))
+    eh_r = 0.05 * h * s * (0.4 + 0.6 * eg)
+    if age > 0.8:
+        ew = r_meta * (1.0 if gap == 0 else 0.3 + 0.65 * eg)
+        _dome(radius, (xr + 0.1 * r_meta * spread * eg, yp - gap), (ew, eh_r), 8.0 if lat else -14 * eg,
+              max(1.0, cort * r_shaft * 0.7), cval * 0.9, mval)
+        if not lat and eg > 0.5:  # radial styloid
+            tri = np.array([[xr + r_meta * 0.45, yp - gap], [xr + r_meta * 1.02, yp - gap],
+                            [xr + r_meta * 0.95, yp - gap - eh_r * 1.3 * eg]])
+            cv2.fillPoly(radius, [np.round(tri * 16).astype(np.int32)], mval * 1.2, cv2.LINE_8, 4)
+    ug = float(np.clip((age - body["ulna_onset"]) / 5, 0, 1))
+    if ug > 0:
+        _dome(ulna, (xu, yu - gap), (u_meta * (0.3 + 0.7 * ug), 0.035 * h * s * (0.5 + 0.5 * ug)), 0.0,
+              max(1.0, cort * u_shaft * 0.7), cval * 0.9, mval)
+    # carpals appear one by one (0 at ~1 y, 8 by ~12 y) and grow; in the lateral view they overlap
+    yc, ch = yp - gap - eh_r - 0.012 * h * s, 0.17 * h * s
+    mid = (xr + xu) / 2
+    half = max(spread * (d / 2 + 0.8 * r_meta), 1.1 * r_meta)
+    for (_, px, py, size), onset, ang in zip(CARPALS, body["onset"], body["carpal_angle"], strict=True):
+        if age > onset:
+            r = 0.075 * w * s * size * (0.3 + 0.7 * min(1.0, (age - onset) / 6))
+            _dome(hand, (mid + (px - 0.5) * 2 * half, yc - py * ch), (r * 1.1, r * 0.85), ang,
+                  max(1.0, r * 0.25), cval * 0.8, mval, full=True)
+    ym = yc - ch * 1.05
+    for px, ang, hw in ((0.12, -10, 0.030), (0.33, -4, 0.032), (0.55, 0, 0.034), (0.76, 5, 0.032), (0.98, 26, 0.036)):
+        thumb = px > 0.9  # starts lower, at the trapezium; short metacarpal, then the phalanx
+        base = (mid + (px - 0.5) * 2.2 * half, ym + (ch * 0.3 if thumb else 0))
+        a = math.radians(ang * (0.35 + 0.65 * spread))
+        unit = np.array([math.sin(a), -math.cos(a)])
+        mc = hw * w * s * wf
+        length = 0.28 * h * s if thumb else 0.6 * h
+        tip = tuple(np.array(base) + unit * length)
+        _tube(hand, tip, base, mc, mc * 1.3, cort * mc, cval, mval)
+        if thumb:
+            joint = np.array(tip) + unit * 0.02 * h * s
+            _tube(hand, tuple(joint + unit * 0.5 * h), tuple(joint), mc * 0.9, mc * 1.2, cort * mc, cval, mval)
+            thumb_axis = (np.array(base) + unit * 0.3 * h * s, ang * (0.35 + 0.65 * spread))
+    boxes: list[np.ndarray] = []
+    if frac:  # the break, drawn in the canonical frame; its box follows the same transform as pixels
+        sev = frac["severity"]
+        f_ang = (-frac["angle_lat"] if lat else frac["angle_ap"] * spread) * sev
+        f_shift = (-frac["shift_lat"] if lat else frac["shift_ap"] * spread) * r_meta * sev
+        if frac["kind"] in ("sh1", "sh2") and gap > 0:
+            yf = yp - gap / 2
+            radius = _break(radius, xr, yf, r_meta, 0.0, f_ang * 0.3, (f_shift * 0.6, 0.0), 0, rng)
+            if frac["kind"] == "sh2":  # Thurston-Holland metaphyseal corner
+                side = 1 if f_shift >= 0 else -1
+                cv2.line(radius, (round((xr + side * r_meta * 0.2) * 16), round(yp * 16)),
+                         (round((xr + side * r_meta) * 16), round((yp + 0.05 * h * s) * 16)), 0.0,
+                         max(1, round(0.012 * w)), cv2.LINE_8, 4)
+        else:
+            yf = yp + frac["level"] * h * s
+            big = frac["kind"] != "buckle"
+            radius = _break(radius, xr, yf, r_meta, frac["tilt"], f_ang, (f_shift, 0.0),
+                            max(1.0, 0.015 * h) if big else 0.0, rng, 0.35 + 0.5 * sev)
+            if not big:  # torus: cortex buckles outward on both sides, plus a sclerotic band
+                hwf = r_shaft + (r_meta - r_shaft) * 0.6
+                for sgn in (-1, 1):
+                    _dome(radius, (xr + sgn * hwf, yf), (0.02 * w * s * sev + 1, 0.03 * h * s * sev + 1), 0, 0.0,
+                          cval, cval, full=True)
+                cv2.line(radius, (round((xr - hwf) * 16), round(yf * 16)), (round((xr + hwf) * 16),
+                         round(yf * 16)), cval * 0.8 * sev, max(1, round(0.01 * h)), cv2.LINE_8, 4)
+        dy = 0.05 * h * s + 0.02 * h
+        boxes.append(np.array([[xr - r_meta * 1.3, yf - dy], [xr + r_meta * 1.3, yf + dy]]))
+        if frac["ulna"] == "styloid" and ug > 0:
+            ulna = _break(ulna, xu - u_meta * 0.4, yu - gap - 0.02 * h * s, u_meta * 0.6, 20.0, 6.0,
+                          (-0.01 * w * sev, -0.01 * h * sev), max(1.0, 0.01 * h), rng, 0.35 + 0.5 * sev)
+            boxes.append(np.array([[xu - u_meta * 1.5, yu - gap - 0.06 * h * s], [xu, yu - gap + 0.02 * h]]))
+        elif frac["ulna"]:
+            yfu = yu + (frac["level"] + 0.01) * h * s
+            ulna = _break(ulna, xu, yfu, u_meta, -frac["tilt"], f_ang * 0.7, (f_shift * 0.4, 0.0),
+                          max(1.0, 0.012 * h), rng, 0.35 + 0.5 * sev)
+            boxes.append(np.array([[xu - u_meta * 1.4, yfu - dy], [xu + u_meta * 1.4, yfu + dy]]))
+    bone = cv2.GaussianBlur(radius + ulna + hand, (0, 0), 0.6)
+    bone *= 1 + 0.08 * cv2.GaussianBlur(_noise(rng, h, w, 3), (0, 0), 0.8)  # trabecular mottle
+    # soft tissue envelope: forearm widening into the hand (and thumb in AP)
+    hf = (d / 2 + 0.8 * r_meta + 0.09 * w * s) if not lat else (r_meta + 0.14 * w * s)
+    ys = np.array([1.2 * h, yp, ym, -0.2 * h])
+    widths = hf * np.array([1.1, 0.95, 1.05, 1.3 if not lat else 0.9])
+    poly = np.concatenate([np.stack([cx - widths, ys], 1), np.stack([cx + widths, ys], 1)[::-1]])
+    soft = np.zeros((h, w), np.float32)
+    tissue = 0.3 * (0.9 + 0.2 * grow)
+    cv2.fillPoly(soft, [np.round(poly * 16).astype(np.int32)], tissue, cv2.LINE_8, 4)
+    if not lat:
+        centre, tilt = thumb_axis
+        _dome(soft, tuple(centre), (hf * 0.3, 0.4 * h), tilt, 0.0, tissue, tissue, full=True)
+    soft = cv2.GaussianBlur(soft, (0, 0), 0.012 * w + 1) * (1 + 0.06 * _noise(rng, h, w, 24))
+    atten = soft + bone
+    if img["cast"]:  # a plaster cast: a wide, faintly textured band over forearm and wrist
+        cast = np.zeros((h, w), np.float32)
+        cv2.rectangle(cast, (round(cx - hf * 1.4), round(ym)), (round(cx + hf * 1.4), h), 0.25, -1)
+        atten += cv2.GaussianBlur(cast, (0, 0), 2) * (1 + 0.15 * _noise(rng, h, w, 3))
+    if img["metal"]:  # a volar plate with screws, or two K-wires, far denser than bone
+        metal = np.zeros((h, w), np.float32)
+        y0, y1 = yp + 0.03 * h * s, yp + 0.3 * h * s
+        if rng.random() < 0.6:
+            pts = np.array([[xr - r_shaft * 0.5, y0], [xr + r_shaft * 0.5, y1]])
+            cv2.rectangle(metal, (round(pts[0, 0]), round(y0)), (round(pts[1, 0]), round(y1)), 4.0, -1)
+            for y in np.linspace(y0 + 4, y1 - 4, 4):
+                cv2.line(metal, (round(xr - r_meta), round(y)), (round(xr + r_meta), round(y)), 4.0, 2)
+            pts = np.array([[xr - r_meta, y0], [xr + r_meta, y1]])
+        else:
+            pts = np.array([[xr + r_meta, yp - gap - eh_r], [xr - r_meta * 1.4, y1]])
+            for dx in (0.0, 0.5 * r_meta):
+                cv2.line(metal, (round(pts[0, 0] - dx), round(pts[0, 1])), (round(pts[1, 0] - dx), round(pts[1, 1])), 4.0, 2)
+        atten += cv2.GaussianBlur(metal, (0, 0), 0.6)
+        boxes.append(np.vstack([pts, [[pts[0, 0] - 3, pts[0, 1] - 3], [pts[1, 0] + 3, pts[1, 1] + 3]]]))
+    # mirror right hands, then rotate slightly about the centre; the same matrix moves the boxes
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), float(np.clip(rng.normal(0, 5), -12, 12)), 1.0)
+    if plan["flip"]:
+        m = m @ np.array([[-1.0, 0, w], [0, 1, 0], [0, 0, 1]])
+    atten = cv2.warpAffine(atten, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    classes = [FRACTURE] * (len(boxes) - bool(img["metal"])) + [METAL] * bool(img["metal"])
+    labels = [b for pts, c in zip(boxes, classes, strict=True) if (b := _box(pts, m, w, h, c))]
+    # exposure: a random window over the 16-bit range, heel-effect gradient, quantum noise
+    lo, hi = rng.uniform(0, 0.12) * 65535, rng.uniform(0.4, 0.95) * 65535
+    v = np.clip(atten / rng.uniform(1.2, 1.7), 0, 1.6) ** rng.uniform(0.75, 1.3)
+    pix = (lo + (hi - lo) * v) * (1 + rng.uniform(-0.1, 0.1) * (np.arange(h, dtype=np.float32)[:, None] / h - 0.5))
+    pix += rng.standard_normal((h, w), dtype=np.float32) * rng.uniform(1.5, 4) * np.sqrt(pix + 100)
+    pix = np.clip(pix, 0, 65535).astype(np.uint16)
+    if rng.random() < 0.9:  # burned-in side marker: bright box with a dark glyph, in a corner
+        bw, bh = round(w * rng.uniform(0.08, 0.14)), round(h * rng.uniform(0.05, 0.09))
+        corner = rng.integers(4)
+        x0 = round(w * rng.uniform(0.02, 0.08)) if corner % 2 == 0 else w - bw - round(w * rng.uniform(0.02, 0.08))
+        y0 = round(h * rng.uniform(0.02, 0.06)) if corner < 2 else h - bh - round(h * rng.uniform(0.02, 0.06))
+        pix[y0:y0 + bh, x0:x0 + bw] = round(rng.uniform(0.8, 1.0) * 65535)
+        glyph = img["row"]["laterality"] if rng.random() < 0.7 else str(rng.choice(["PA", "AP", "LAT", "S"]))
+        scale = 0.8 * bh / cv2.getTextSize(glyph, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][1]
+        scale = min(scale, 0.85 * bw / cv2.getTextSize(glyph, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0])
+        ink = np.zeros((bh, bw), np.uint8)  # cv2 5 draws text on 8-bit images only
+        cv2.putText(ink, glyph, (1, bh - max(1, bh // 8)), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
+                    max(1, round(bh / 8)), cv2.LINE_8)
+        pix[y0:y0 + bh, x0:x0 + bw][ink > 0] = round(lo)
+        labels.append((TEXT, (x0 + bw / 2) / w, (y0 + bh / 2) / h, bw / w, bh / h))
+    return pix, labels

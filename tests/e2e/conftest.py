@@ -1,0 +1,35 @@
+"""End-to-end fixtures: a synthetic data set made once per session, the CLI run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raypipe.data.synth import synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "wrist"
+    synthesize(out, patients=120, seed=7, height=128, width=80)
+    return out
+
+
+def raypipe(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m raypipe ...`` in a fresh process, as a person would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None) if "MLFLOW_TRACKING_URI" not in (env or {}) else None
+    return subprocess.run([sys.executable, "-m", "raypipe", *args], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=timeout)
