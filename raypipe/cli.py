@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -151,7 +150,6 @@ def _frame_table(frame, title: str) -> Table:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes are one line on stderr and exit code 2, never a traceback."""
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no schema-migration chatter
     try:
         app(args=argv, standalone_mode=False)
     except InputError as exc:

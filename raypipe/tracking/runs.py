@@ -9,6 +9,7 @@ tags are hashes and names, metrics are aggregates.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+
+# mlflow sets its logger to INFO on import; its schema-migration chatter is not for users.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 DEFAULT_EXPERIMENT = "raypipe"
 
