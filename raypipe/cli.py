@@ -41,7 +41,8 @@ def data_check(data: Path, source: Source = "auto",
                age_scheme: Annotated[str, typer.Option(help="3group | 4group | 5group | cut points '6,12'")] = "4group"
                ) -> None:
     """Validate a data set and print what it holds."""
-    from raypipe.data.sources import load_source, summarize
+    from raypipe.data.sources import load_source
+    from raypipe.data.summary import summarize
 
     summary = summarize(load_source(data, source), _scheme(age_scheme))
     table = summary.pop("table")

@@ -12,6 +12,7 @@ import pytest
 
 from raypipe.data import manifest, sources
 from raypipe.data.groups import get_scheme
+from raypipe.data.summary import summarize
 from raypipe.errors import InputError
 from tests.conftest import write_grazpedwri
 
@@ -272,7 +273,7 @@ def test_summarize(grazpedwri_tiny: Path, tmp_path: Path) -> None:
     m.loc[0, "age"] = np.nan
     m.loc[1, "metal"] = True
     scheme = get_scheme("4group")
-    s = sources.summarize(m, scheme)
+    s = summarize(m, scheme)
     assert (s["images"], s["patients"], s["studies"]) == (12, 6, 6)
     assert (s["metal"], s["text_boxes"], s["missing_age"]) == (1, 12, 1)
     table = s["table"]
@@ -281,5 +282,5 @@ def test_summarize(grazpedwri_tiny: Path, tmp_path: Path) -> None:
     assert list(table.index.get_level_values("age_group").unique()) == [*scheme.labels(), "unknown"]
     assert table["total"].sum() == 12 and table["fracture"].sum() == m["label"].sum()
     assert table.loc[("AP", "unknown"), "total"] + table.loc[("Lat", "unknown"), "total"] == 1
-    mura = sources.summarize(sources.load_source(write_mura(tmp_path / "m")), scheme)
+    mura = summarize(sources.load_source(write_mura(tmp_path / "m")), scheme)
     assert mura["missing_age"] == 7 and list(mura["table"].index.get_level_values(0).unique()) == ["U"]
