@@ -37,6 +37,22 @@ class TrainOutcome:
     checkpoint: Path
 
 
+def check_choices(cfg: TrainConfig, origin: str = "config") -> None:
+    """Named choices are checked before any worker starts: a typo is exit 2, not a worker traceback."""
+    import timm
+
+    from raypipe.data.sampling import SAMPLERS
+    from raypipe.models.losses import LOSSES
+
+    choices = {"loss": LOSSES.names(), "sampler": SAMPLERS.names(), "schedule": ["cosine", "plateau"],
+               "masking": ["off", "fill", "blur"]}
+    for key, known in choices.items():
+        if getattr(cfg, key) not in known:
+            raise InputError(origin, f"unknown {key} {getattr(cfg, key)!r} (known: {', '.join(known)})", field=key)
+    if not timm.is_model(cfg.backbone):
+        raise InputError(origin, f"unknown backbone {cfg.backbone!r} (any timm model name)", field="backbone")
+
+
 def make_job(prepared: PreparedData, target: Target, cfg: TrainConfig) -> TrainJob:
     train_rows, train_y = prepared.select(target, "train")
     val_rows, val_y = prepared.select(target, "val")
@@ -77,6 +93,7 @@ def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, 
                  source_kind: str = "auto", progress: Progress | None = None) -> TrainOutcome:
     """``raypipe train``: prepare the data, train one target, record everything in MLflow."""
     run_dir = Path(run_dir)
+    check_choices(cfg)
     prepared = prepare(data, cfg, run_dir, source_kind, progress)
     try:
         target = parse_target(target_spec, prepared.scheme)

@@ -45,3 +45,10 @@ def test_unknown_config_key_exits_2(synth_data, tmp_path):
     proc = raypipe("train", "--data", str(synth_data), "--target", "age", "--config", str(cfg),
                    "--run-dir", str(tmp_path / "r"))
     assert proc.returncode == 2 and "learning_rate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_choice_exits_2_before_any_work(synth_data, tmp_path):
+    proc = raypipe("train", "--data", str(synth_data), "--target", "age", "--set", "loss=hinge",
+                   "--run-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "field 'loss'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
