@@ -29,7 +29,8 @@ def synth_data(tmp_path_factory) -> Path:
 
 def raypipe(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m raypipe ...`` in a fresh process, as a person would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None) if "MLFLOW_TRACKING_URI" not in (env or {}) else None
+    # A tracking URI from the caller's shell must not redirect the test's runs away from its run dir.
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "raypipe", *args], capture_output=True, text=True,
                           env=full_env, cwd=REPO, timeout=timeout)
