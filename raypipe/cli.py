@@ -80,15 +80,36 @@ def data_cache(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "
     console.print(f"{len(cache)} images cached at {size}px ({'built' if cache.built else 'already cached'})")
 
 
+def _resolve_inputs(preset: str | None, config: Path | None, data: Path | None, target: str | None):
+    """Preset (synthesising its data when absent) or config file -> (base config, data, target, preset)."""
+    chosen = None
+    if preset:
+        chosen = load_preset(preset)
+        base = chosen.train
+        data = data or Path(chosen.data)
+        target = target or chosen.target
+        if not data.exists():
+            data_synth(data, **chosen.synth)
+    else:
+        base = load_train_config(config)
+    return base, data, target, chosen
+
+
+Preset_ = Annotated[str | None, typer.Option("--preset", help="Packaged preset, e.g. 'demo' (synthesises its data).")]
+Config = Annotated[Path | None, typer.Option("--config", help="Train config YAML (keys of TrainConfig).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set lr=3e-4")]
+Data = Annotated[Path | None, typer.Option("--data", help="Data set folder (or CSV).")]
+
+
 @app.command("train")
 def train(
-    data: Annotated[Path | None, typer.Option(help="Data set folder (or CSV).")] = None,
+    data: Data = None,
     target: Annotated[str | None, typer.Option(help="age | fracture | fracture/AP | fracture/Lat/2")] = None,
-    config: Annotated[Path | None, typer.Option(help="Train config YAML (keys of TrainConfig).")] = None,
-    preset: Annotated[str | None, typer.Option(help="Packaged preset, e.g. 'demo' (synthesises its data).")] = None,
+    config: Config = None,
+    preset: Preset_ = None,
     workers: Annotated[int | None, typer.Option(help="1 = in-process; >1 = Ray Train DDP.")] = None,
     epochs: int | None = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set lr=3e-4")] = None,
+    set_: Sets = None,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     experiment: str = "raypipe",
     source: Source = "auto",
@@ -97,15 +118,8 @@ def train(
     from raypipe.train.job import train_target
 
     overrides = _overrides(set_) | {k: v for k, v in {"workers": workers, "epochs": epochs}.items() if v is not None}
-    if preset:
-        chosen = load_preset(preset)
-        cfg = from_dict(TrainConfig, {**to_dict(chosen.train), **overrides}, f"preset {preset}")
-        data = data or Path(chosen.data)
-        target = target or chosen.target
-        if not data.exists():
-            data_synth(data, **chosen.synth)
-    else:
-        cfg = load_train_config(config, overrides)
+    base, data, target, _ = _resolve_inputs(preset, config, data, target)
+    cfg = from_dict(TrainConfig, {**to_dict(base), **overrides}, f"preset {preset}" if preset else config or "--set")
     if data is None or target is None:
         raise InputError("command line", "--data and --target are required (or --preset)")
     with progress_bar("decoding images into the cache") as progress:
@@ -118,6 +132,77 @@ def train(
     console.print(table)
     console.print(f"MLflow run {outcome.run_id} in experiment '{experiment}' ({outcome.tracking_uri})")
     console.print(f"open the UI: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1")
+
+
+@app.command("tune")
+def tune(
+    data: Data = None,
+    target: Annotated[list[str] | None, typer.Option(help="Repeat for several: --target age --target "
+                                                      "fracture/AP/1. Default: the preset's, else all.")] = None,
+    all_targets: Annotated[bool, typer.Option("--all", help="Age + every projection x age-group fracture model.")] = False,
+    space: Annotated[str | None, typer.Option(help="Search space YAML for every target (default: "
+                                              "search_spaces/age.yaml or fracture.yaml by target).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials per target.")] = None,
+    workers_per_trial: Annotated[int, typer.Option(help="1 = in-process trial; >1 = TorchTrainer DDP per trial.")] = 1,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions share a GPU.")] = 0.0,
+    cpus_per_worker: float = 1.0,
+    max_concurrent: Annotated[int | None, typer.Option(help="Trials per study at once (default: what the "
+                                                       "cluster's CPUs allow).")] = None,
+    seed: Annotated[int, typer.Option(help="TPE sampler seed.")] = 0,
+    config: Config = None,
+    preset: Preset_ = None,
+    epochs: int | None = None,
+    set_: Sets = None,
+    resume: Annotated[bool, typer.Option(help="Continue the latest study of each target.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Ray Tune's own per-trial output.")] = False,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the preset or "
+                                                   "config name).")] = None,
+    source: Source = "auto",
+) -> None:
+    """Tune one study per target (Optuna TPE + ASHA on Ray Tune); every trial is an MLflow child run."""
+    from raypipe.tune import study as studies_mod
+    from raypipe.tune.progress import ProgressBoard
+
+    base, data, _, chosen = _resolve_inputs(preset, config, data, None)
+    if data is None:
+        raise InputError("command line", "--data is required (or --preset)")
+    plan_defaults = chosen.tune if chosen else None
+    targets = ["all"] if all_targets else (target or (plan_defaults.targets if plan_defaults else ["all"]))
+    overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
+    options = studies_mod.TuneOptions(
+        trials=trials or (plan_defaults.trials if plan_defaults else 8), workers_per_trial=workers_per_trial,
+        gpus_per_trial=gpus_per_trial, cpus_per_worker=cpus_per_worker,
+        max_concurrent=max_concurrent or (plan_defaults.max_concurrent if plan_defaults else None),
+        seed=seed, resume=resume, verbose=verbose)
+    experiment = experiment or preset or (config.stem if config else "raypipe")
+    space = space or (plan_defaults.space if plan_defaults else None)
+    with progress_bar("decoding images into the cache") as progress:
+        planned = studies_mod.plan(data, list(targets), space, base, overrides, run_dir, experiment, options,
+                                   source, progress)
+    console.print(f"{'resuming' if resume else 'tuning'} {len(planned)} target(s), {options.trials} trials each: "
+                  + ", ".join(s.target.name for s in planned))
+    with ProgressBoard(console) as board:
+        outcomes = studies_mod.run(planned, options, run_dir, on_tick=board.update)
+    table = Table(title=f"best trial per target (experiment '{experiment}')", title_justify="left")
+    for column in ("target", "best", "trial", "finished", "pruned", "failed", "minutes"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for o in outcomes:
+        table.add_row(o.target, f"{o.monitor} {o.best_value:.3f}" if o.best_trial else "-",
+                      f"#{o.best_trial}" if o.best_trial else "-", str(o.finished), str(o.pruned), str(o.failed),
+                      f"{o.seconds / 60:.1f}")
+    console.print(table)
+    for o in outcomes:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in o.best_params.items())
+        console.print(f"{o.target} best: {params or '-'}", soft_wrap=True)
+    from raypipe.tracking.runs import tracking_uri
+
+    console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(run_dir)} --host 127.0.0.1")
+    console.print(f"Optuna studies: optuna-dashboard {planned[0].optuna_storage}")
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _overrides(items: list[str] | None) -> dict:

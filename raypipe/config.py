@@ -63,13 +63,24 @@ class TrainConfig:
 
 
 @dataclass
+class TunePlan:
+    """What ``raypipe tune`` searches when the command line does not say."""
+
+    targets: list = field(default_factory=lambda: ["all"])  # target specs, or ["all"]
+    trials: int = 8  # per target
+    space: str | None = None  # a file for every target; None = search_spaces/<age|fracture>.yaml
+    max_concurrent: int | None = None  # trials per study at once; None = what the cluster's CPUs allow
+
+
+@dataclass
 class Preset:
-    """A packaged pipeline preset: where the data comes from and how to train on it."""
+    """A packaged pipeline preset: where the data comes from and how to train and tune on it."""
 
     data: str = "runs/demo-data"
     synth: dict[str, Any] = field(default_factory=dict)  # args of `data synth` when data is absent
     target: str = "fracture/AP"
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TunePlan = field(default_factory=TunePlan)
 
 
 def from_dict(cls: type, raw: Any, origin: str | Path, prefix: str = "") -> Any:

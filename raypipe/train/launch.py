@@ -58,6 +58,27 @@ class _ForwardReports(ray.train.UserCallback):
             self.on_report(metrics[0], None)
 
 
+def torch_trainer(job: TrainJob, name: str, storage_path: Path | str, callbacks: list,
+                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0, max_failures: int = 2) -> TorchTrainer:
+    """A DDP run of the loop. Re-running with the same ``name`` and ``storage_path`` resumes it from
+    its last checkpoint; a dead worker restarts the group from there (``max_failures`` times)."""
+    cfg = job.cfg
+    return TorchTrainer(
+        loop.train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if cfg.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=job.monitor, checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
 def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: ReportFn | None = None,
         cpus_per_worker: float = 1.0) -> TrainResult:
     """Train ``job`` with ``job.cfg.workers`` workers; return the best checkpoint as a local dir."""
@@ -71,19 +92,8 @@ def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: 
         return TrainResult(best, int(state["best_epoch"]), int(state["epoch"]))
 
     init_ray()
-    trainer = TorchTrainer(
-        loop.train_loop_per_worker,
-        train_loop_config={"job": job},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=str(Path(storage_path).resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=job.monitor, checkpoint_score_order="max"),
-            callbacks=[_ForwardReports(on_report)] if on_report else [],
-        ),
-    )
+    trainer = torch_trainer(job, name, storage_path, [_ForwardReports(on_report)] if on_report else [],
+                            cpus_per_worker)
     result = trainer.fit()
     # Ray keeps the best checkpoints but does not order them best-first: choose by the monitor.
     kept = result.best_checkpoints or [(result.checkpoint, result.metrics)]

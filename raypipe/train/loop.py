@@ -7,6 +7,7 @@ set with the unwrapped model and broadcasts the early-stopping decision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -24,11 +25,11 @@ from raypipe.config import TrainConfig
 from raypipe.data.cache import ImageCache
 from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.sampling import build_sampler
-from raypipe.models.backbones import build_model
+from raypipe.models.backbones import build_model, model_spec
 from raypipe.models.losses import build_loss
 from raypipe.train import checkpoint
 from raypipe.train.metrics import evaluate
-from raypipe.train.session import RayTrainSession, Session
+from raypipe.train.session import RaySession, Session
 
 
 @dataclass
@@ -50,10 +51,14 @@ class TrainJob:
     def n_classes(self) -> int:
         return len(self.class_names)
 
+    def with_config(self, cfg: TrainConfig) -> TrainJob:
+        """The same data and target with another config (a tuning trial); the saved spec follows it."""
+        return dataclasses.replace(self, cfg=cfg, spec=self.spec | model_spec(cfg, self.n_classes))
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: the same loop with a Ray Train session."""
-    run(config["job"], RayTrainSession())
+    run(config["job"], RaySession("train"))
 
 
 def run(job: TrainJob, session: Session) -> dict[str, Any]:

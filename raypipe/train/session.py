@@ -2,8 +2,8 @@
 
 The loop in ``loop.py`` is the same for every path; it talks to a ``Session``:
 - ``LocalSession``: in-process, one worker (no Ray worker group: ~15-20 s cheaper to start);
-- ``RayTrainSession``: a Ray Train worker (DDP), reporting through ``ray.train``;
-- the tuning code adds a session that reports through ``ray.tune``.
+- ``RaySession("train")``: a Ray Train worker (DDP), reporting through ``ray.train``;
+- ``RaySession("tune")``: a single-worker Tune trial, reporting through ``ray.tune``.
 
 A session owns checkpoints once reported: ``report`` may move or copy the directory.
 """
@@ -71,31 +71,33 @@ class LocalSession:
         return done[-1] if done else None
 
 
-class RayTrainSession:
-    """A Ray Train worker: DDP is already set up by ``TorchTrainer``."""
+class RaySession:
+    """Reports through Ray: ``ray.train`` in a Ray Train worker (DDP is already set up by
+    ``TorchTrainer``), ``ray.tune`` in a single-worker Tune trial. The two APIs have the same shape."""
 
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
+    def __init__(self, api: str = "train", use_gpu: bool = False) -> None:
+        import importlib
 
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.api = importlib.import_module(f"ray.{api}")
+        if api == "train":
+            import ray.train.torch
+
+            ctx = self.api.get_context()
+            self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+            self.device = ray.train.torch.get_device()
+        else:
+            self.rank, self.world_size = 0, 1
+            self.device = pick_device(use_gpu)
         self._restored: tempfile.TemporaryDirectory | None = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self.api.report(metrics, checkpoint=checkpoint)  # copies the directory into Ray's storage
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     def latest_checkpoint(self) -> Path | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = self.api.get_checkpoint()
         if checkpoint is None:
             return None
         self._restored = tempfile.TemporaryDirectory(prefix="raypipe-restore-")

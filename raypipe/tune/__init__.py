@@ -1,0 +1,1 @@
+"""Hyperparameter search: spaces as data, one Optuna+ASHA study per target on Ray Tune."""

@@ -1,0 +1,447 @@
+"""Studies: one Ray Tune study per target (Optuna TPE + ASHA), all sharing one Ray cluster.
+
+``plan`` checks everything a person can get wrong (targets, spaces, config, data) before any worker
+starts; ``run`` fits the studies side by side, one driver thread each, and then writes each study's
+summary to its MLflow parent run. Where things live, per experiment (one per pipeline config):
+
+  <run_dir>/tune/<experiment>/optuna-journal.log             Optuna storage, one study per target
+  <run_dir>/tune/<experiment>/<target>/round-<n>/            Tune experiment (state, trials, checkpoints)
+  <run_dir>/tune/<experiment>/<target>/round-<n>/study.json  what the round was started with
+
+A new ``raypipe tune`` starts round n+1 of each target and warm-starts TPE from the same Optuna
+study (same data split); ``--resume`` continues the latest round with ``Tuner.restore``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from raypipe import fsio
+from raypipe.config import TrainConfig, from_dict, to_dict
+from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
+from raypipe.data.targets import Target, all_targets, parse_target
+from raypipe.errors import InputError
+from raypipe.models.losses import build_loss
+from raypipe.tracking.runs import experiment_id, flat_params, git_sha, tracking_uri
+from raypipe.tracking.study_runs import StudyLogger, find_or_create_parent
+from raypipe.train.job import check_choices, make_job
+from raypipe.train.loop import TrainJob
+from raypipe.tune.spaces import SearchSpace, load_space
+from raypipe.tune.state import StudyState, trial_number
+
+OPTUNA_FILE = "optuna-journal.log"
+
+
+@dataclass
+class TuneOptions:
+    trials: int = 8
+    workers_per_trial: int = 1
+    gpus_per_trial: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_concurrent: int | None = None  # per study; None = as many as the cluster's CPUs allow
+    seed: int = 0
+    resume: bool = False
+    verbose: bool = False
+
+
+@dataclass
+class Study:
+    experiment: str
+    target: Target
+    space: SearchSpace
+    cfg: TrainConfig  # base + space.fixed + --set + resources; trials add the sampled parameters
+    job: TrainJob
+    data_hash: str
+    split_hash: str
+    root: Path  # <run_dir>/tune/<experiment>/<target slug>
+    round: int
+    state: StudyState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.state = StudyState.open(self.key, target=self.target.name, monitor=self.job.monitor)
+
+    @property
+    def slug(self) -> str:
+        return self.target.name.replace("/", "-")
+
+    @property
+    def key(self) -> str:
+        return f"{self.experiment}/{self.slug}/round-{self.round}"
+
+    @property
+    def path(self) -> Path:
+        return self.root / f"round-{self.round}"
+
+    @property
+    def optuna_storage(self) -> Path:
+        return self.root.parent / OPTUNA_FILE
+
+    @property
+    def optuna_name(self) -> str:
+        # One Optuna study per target and data split: later rounds warm-start from earlier trials.
+        return f"{self.target.name}@{self.split_hash[:12]}"
+
+    def record(self, options: TuneOptions) -> dict[str, Any]:
+        return {"target": self.target.name, "space": str(self.space.path), "space_sha256": self.space.sha256,
+                "data_hash": self.data_hash, "split_hash": self.split_hash, "trials": options.trials,
+                "workers_per_trial": options.workers_per_trial, "gpus_per_trial": options.gpus_per_trial,
+                "seed": options.seed, "optuna_study": self.optuna_name, "config": to_dict(self.cfg)}
+
+
+@dataclass
+class StudyOutcome:
+    target: str
+    monitor: str
+    parent_run_id: str
+    best_value: float
+    best_trial: int | None
+    best_run_id: str | None
+    best_params: dict[str, Any]
+    finished: int
+    pruned: int
+    failed: int
+    seconds: float
+
+
+# ------------------------------------------------------------------------------------ planning
+def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, base: TrainConfig,
+         overrides: dict[str, Any], run_dir: Path, experiment: str, options: TuneOptions,
+         source: str = "auto", progress: Progress | None = None) -> list[Study]:
+    """One checked ``Study`` per target; ``target_specs`` may be ``["all"]`` (age + every
+    projection x age-group fracture model)."""
+    if options.trials < 1:
+        raise InputError("--trials", f"must be at least 1, got {options.trials}")
+    if options.workers_per_trial < 1 or options.gpus_per_trial < 0:
+        raise InputError("--workers-per-trial", "needs W >= 1 and G >= 0")
+    resources = {"workers": options.workers_per_trial, "use_gpu": options.gpus_per_trial > 0}
+    prepared_by_key: dict[tuple, PreparedData] = {}
+    studies: list[Study] = []
+    explicit = target_specs != ["all"]
+    for target in _targets(target_specs, base):
+        space = load_space(space_spec or target.kind, base)
+        if searched := sorted(set(overrides) & set(space.names)):
+            raise InputError("--set", f"{searched[0]} is searched by {space.path}; drop it there to fix it",
+                             field=searched[0])
+        cfg = from_dict(TrainConfig, {**to_dict(base), **space.fixed, **overrides, **resources}, space.path)
+        check_choices(cfg, str(space.path))
+        key = (split_params(cfg), cfg.image_size, cfg.masking)
+        if key not in prepared_by_key:
+            prepared_by_key[key] = prepare(data, cfg, run_dir, source, progress)
+        prepared = prepared_by_key[key]
+        job = make_job(prepared, target, cfg)
+        _check_losses(space, cfg, job)
+        if (reason := _untunable(job)) is not None:
+            if explicit:
+                raise InputError(f"target {target.name}", reason)
+            warnings.warn(f"skipping {target.name}: {reason}", stacklevel=2)
+            continue
+        root = Path(run_dir) / "tune" / experiment / target.name.replace("/", "-")
+        studies.append(Study(experiment, target, space, cfg, job, prepared.data_hash, prepared.split_hash, root,
+                             _round(root, options.resume, target)))
+    if not studies:
+        raise InputError("--target", "no target has enough data to tune")
+    if options.resume:
+        for study in studies:
+            _check_resume(study, options)
+    return studies
+
+
+def _targets(specs: list[str], cfg: TrainConfig) -> list[Target]:
+    from raypipe.data.groups import get_scheme
+
+    scheme = get_scheme(cfg.age_scheme)
+    if specs == ["all"]:
+        return all_targets(scheme)
+    out = []
+    for spec in specs:
+        try:
+            target = parse_target(spec, scheme)
+        except ValueError as exc:
+            raise InputError("--target", str(exc)) from None
+        if target not in out:
+            out.append(target)
+    return out
+
+
+def _check_losses(space: SearchSpace, cfg: TrainConfig, job: TrainJob) -> None:
+    """A space shared by targets must fit each: 'ce' on a binary target is an error before any trial."""
+    losses = next((p.choices for p in space.params if p.name == "loss"), (cfg.loss,))
+    for loss in losses:
+        try:
+            build_loss(dataclasses.replace(cfg, loss=loss), job.n_classes)
+        except ValueError as exc:
+            raise InputError(space.path, f"{exc} (target {job.target})", field="params.loss") from None
+
+
+def _untunable(job: TrainJob) -> str | None:
+    present = len(set(job.val_labels.tolist()))
+    if present < 2:
+        return f"its validation split holds {present} class(es): {job.monitor} is undefined"
+    return None
+
+
+def _round(root: Path, resume: bool, target: Target) -> int:
+    rounds = sorted(int(p.name.split("-")[1]) for p in root.glob("round-*") if p.name.split("-")[1].isdigit())
+    if resume:
+        if not rounds:
+            raise InputError(str(root), f"nothing to resume for {target.name}: no earlier study")
+        return rounds[-1]
+    return (rounds[-1] + 1) if rounds else 1
+
+
+def _check_resume(study: Study, options: TuneOptions) -> None:
+    record_path = study.path / "study.json"
+    if not record_path.exists():
+        raise InputError(record_path, "missing: the study never started; run without --resume")
+    before = json.loads(record_path.read_text())
+    now = study.record(options)
+    for key in ("space_sha256", "split_hash", "trials", "workers_per_trial"):
+        if before.get(key) != now[key]:
+            raise InputError(record_path, f"--resume needs the same inputs: {key} was {before.get(key)!r}, "
+                             f"now {now[key]!r}", field=key)
+
+
+# ------------------------------------------------------------------------------------- running
+def run(studies: list[Study], options: TuneOptions, run_dir: Path,
+        on_tick: Callable[[list[StudyState]], None] | None = None) -> list[StudyOutcome]:
+    """Fit every study at once (one driver thread each) and summarise each in its MLflow parent run."""
+    from raypipe.train.launch import init_ray
+
+    # Tune's own per-trial tables give way to ours unless --verbose; save study state often so a
+    # killed driver loses seconds, not trials.
+    if not options.verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    init_ray()
+    import ray
+
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
+    per_trial = options.cpus_per_worker * options.workers_per_trial
+    # Studies share the cluster evenly by default; fewer trials in flight also lets TPE learn from
+    # finished trials instead of sampling a batch blind.
+    max_concurrent = options.max_concurrent or max(1, int(cluster_cpus // per_trial) // len(studies))
+
+    uri = tracking_uri(run_dir)
+    client = MlflowClient(uri)
+    exp_id = experiment_id(client, studies[0].experiment, run_dir)
+    loggers: dict[str, StudyLogger] = {}
+    for study in studies:
+        if not options.resume:
+            fsio.write_text(study.path / "study.json", json.dumps(study.record(options), indent=2))
+        parent = _parent_run(client, exp_id, study, options)
+        study.state = StudyState.open(study.key, target=study.target.name, monitor=study.job.monitor,
+                                      total=options.trials, parent_run_id=parent)
+        loggers[study.key] = StudyLogger(uri, exp_id, study.state)
+        # Registered here, in the main thread: Tune's trainable registry is not thread-safe.
+        tune.register_trainable(_trainable_name(study), _trainable(study, options))
+
+    results: dict[str, Any] = {}
+
+    def fit(study: Study) -> None:
+        try:
+            results[study.key] = _tuner(study, options, max_concurrent, loggers[study.key]).fit()
+        except BaseException as exc:  # reported by the main thread
+            results[study.key] = exc
+
+    threads = [threading.Thread(target=fit, args=(s,), name=f"study {s.target.name}", daemon=True) for s in studies]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        if on_tick:
+            on_tick([s.state for s in studies])
+        time.sleep(0.5)
+    if on_tick:
+        on_tick([s.state for s in studies])
+
+    outcomes = []
+    for study in studies:
+        result = results.get(study.key)
+        if isinstance(result, BaseException):
+            client.set_terminated(study.state.parent_run_id, "FAILED")
+            raise result
+        outcomes.append(_finalize(client, study, loggers[study.key]))
+    return outcomes
+
+
+def _trainable_name(study: Study) -> str:
+    return f"raypipe-{study.experiment}-{study.slug}"
+
+
+def _trainable(study: Study, options: TuneOptions):
+    from raypipe.tune.trial import run_trial
+
+    workers = options.workers_per_trial
+    gpus_per_worker = options.gpus_per_trial / workers
+    fn = tune.with_parameters(run_trial, job=study.job, train_storage=str((study.path / "train").resolve()),
+                              cpus_per_worker=options.cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    if workers == 1:
+        resources = {"CPU": options.cpus_per_worker, "GPU": options.gpus_per_trial}
+    else:  # the trial only drives its TorchTrainer, whose workers hold the CPUs/GPUs (FIELD-NOTES)
+        resources = {"CPU": 0}
+    return tune.with_resources(fn, resources)
+
+
+class PruneRecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped before their last epoch: those are 'pruned'."""
+
+    def __init__(self, state: StudyState, monitor: str, epochs: int) -> None:
+        super().__init__(time_attr="epoch", metric=monitor, mode="max", max_t=epochs,
+                         grace_period=max(1, epochs // 3), reduction_factor=2)
+        self.state = state
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t:
+            self.state.pruned.add(trial.trial_id)
+        return decision
+
+
+def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: StudyLogger):
+    name = _trainable_name(study)
+    if options.resume:
+        return tune.Tuner.restore(str(study.path.resolve()), trainable=name, resume_errored=True)
+
+    from optuna.samplers import TPESampler
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search.optuna import OptunaSearch
+
+    monitor = study.job.monitor
+    # A new seed per round: a warm-started round must not replay the random start-up samples of the last.
+    # Few start-up trials: the default 10 would leave a small study on random search throughout.
+    sampler = TPESampler(seed=options.seed + study.round - 1, n_startup_trials=min(10, max(2, options.trials // 2)))
+    searcher = OptunaSearch(space=study.space.define, metric=monitor, mode="max", sampler=sampler, study_name=study.optuna_name,
+                            storage=JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve()))))
+    return tune.Tuner(
+        name,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=PruneRecordingASHA(study.state, monitor, study.cfg.epochs),
+                                    num_samples=options.trials, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=options.workers_per_trial == 1),
+        run_config=tune.RunConfig(
+            name=study.path.name, storage_path=str(study.root.resolve()), verbose=2 if options.verbose else 0,
+            callbacks=[logger],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,
+                                                    checkpoint_score_order="max"),
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------ MLflow parent run
+def _parent_run(client: MlflowClient, exp_id: str, study: Study, options: TuneOptions) -> str:
+    tags = {"raypipe.target": study.target.name, "raypipe.monitor": study.job.monitor,
+            "raypipe.data_hash": study.data_hash, "raypipe.split_hash": study.split_hash,
+            "raypipe.space": str(study.space.path), "raypipe.space_sha256": study.space.sha256,
+            "raypipe.optuna_study": study.optuna_name, "raypipe.optuna_storage": str(study.optuna_storage),
+            "raypipe.git_sha": git_sha(), "mlflow.source.name": "raypipe tune"}
+    existing = client.search_runs([exp_id], f"tags.`raypipe.study` = '{study.key}'", max_results=1)
+    run_id = find_or_create_parent(client, exp_id, study.key, f"{study.target.name} study (round {study.round})", tags)
+    if not existing:  # params are immutable: only a new parent gets them
+        searched = set(study.space.names)
+        fixed = {k: v for k, v in to_dict(study.cfg).items() if k not in searched}
+        params = flat_params("", fixed) | {"target": study.target.name, "space": study.space.path.name,
+                                           "trials": str(options.trials),
+                                           "workers_per_trial": str(options.workers_per_trial),
+                                           "gpus_per_trial": str(options.gpus_per_trial), "tune_seed": str(options.seed)}
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    return run_id
+
+
+def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyOutcome:
+    """Close every child run, then write the study's best trial, counts and plots to the parent run."""
+    state, monitor, run_id = study.state, study.job.monitor, study.state.parent_run_id
+    trials = _tune_trials(study)
+    logger.reconcile(trials)
+    best_value, best = -math.inf, None
+    for trial in trials:
+        value = float(trial.metric_analysis.get(monitor, {}).get("max", math.nan))
+        if not math.isnan(value) and value > best_value:
+            best_value, best = value, trial
+    best_params = dict(best.config) if best else {}
+    pruned = sum(1 for t in trials if t.status == "TERMINATED" and state.was_pruned(t.trial_id))
+    counts = {"trials_finished": sum(1 for t in trials if t.status == "TERMINATED") - pruned,
+              "trials_pruned": pruned, "trials_failed": sum(1 for t in trials if t.status == "ERROR")}
+    now = mlflow.utils.time.get_current_time_millis()
+    metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()]
+    best_run_id = None
+    if best:
+        best_run_id = logger.run_id_for(best.trial_id)
+        metrics.append(Metric(f"best_{monitor}", best_value, now, 0))
+        tags = {"raypipe.best_trial_id": best.trial_id, "raypipe.best_trial_number": str(trial_number(best)),
+                "raypipe.best_run_id": best_run_id or ""} | {f"best.{k}": str(v) for k, v in best_params.items()}
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.log_dict(run_id, {"trial_id": best.trial_id, "trial_number": trial_number(best), monitor: best_value,
+                                 "run_id": best_run_id, "params": best_params,
+                                 "config": to_dict(dataclasses.replace(study.cfg, **best_params))}, "best_trial.json")
+    client.log_batch(run_id, metrics=metrics)
+    _log_study_plots(client, run_id, study)
+    client.set_terminated(run_id, "FINISHED" if best else "FAILED")
+    state.ended = time.monotonic()
+    return StudyOutcome(study.target.name, monitor, run_id, best_value,
+                        trial_number(best) if best else None, best_run_id, best_params,
+                        counts["trials_finished"], counts["trials_pruned"], counts["trials_failed"],
+                        state.ended - state.started)
+
+
+def _tune_trials(study: Study) -> list:
+    """Tune's trial objects of this round, read back from its saved experiment state."""
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(study.path.resolve())).trials
+
+
+def _log_study_plots(client: MlflowClient, run_id: str, study: Study) -> None:
+    """Optuna's optimization history, parameter importance and parallel coordinates as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.visualization import matplotlib as ovm
+
+    storage = JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve())))
+    ostudy = optuna.load_study(study_name=study.optuna_name, storage=storage)
+    complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = {"optimization_history": ovm.plot_optimization_history, "parallel_coordinate": ovm.plot_parallel_coordinate}
+    if len(complete) >= 2:
+        plots["param_importances"] = ovm.plot_param_importances
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        for name, draw in plots.items():
+            try:
+                ax = draw(ostudy)
+            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. one distinct value only
+                client.set_tag(run_id, f"raypipe.plot.{name}", f"skipped: {exc}"[:250])
+                continue
+            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            out = Path(tmp) / f"{name}.png"
+            fig.savefig(out, dpi=110)
+            plt.close(fig)
+            client.log_artifact(run_id, str(out), "study_plots")

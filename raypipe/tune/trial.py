@@ -1,0 +1,33 @@
+"""One Tune trial: the sampled parameters on top of the study's config, then the one training loop.
+
+W = 1: the loop runs in the trial's own process and reports through ``ray.tune`` (no worker group:
+~15-40 s cheaper per trial). W > 1: the trial builds a ``TorchTrainer`` (the Ray Train V2 shape) whose
+rank-0 reports reach Tune through ``TuneReportCallback``; its run name holds the trial id, so a
+resumed trial continues the same Train run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from raypipe.train import launch, loop
+from raypipe.train.loop import TrainJob
+from raypipe.train.session import RaySession
+
+
+def run_trial(config: dict[str, Any], job: TrainJob, train_storage: str, cpus_per_worker: float = 1.0,
+              gpus_per_worker: float = 0.0) -> None:
+    trial_job = job.with_config(dataclasses.replace(job.cfg, **config))
+    if trial_job.cfg.workers <= 1:
+        loop.run(trial_job, RaySession("tune", trial_job.cfg.use_gpu))
+        return
+
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    name = f"trial-{tune.get_context().get_trial_id()}"
+    trainer = launch.torch_trainer(trial_job, name, Path(train_storage), [TuneReportCallback()],
+                                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    trainer.fit()
