@@ -131,6 +131,30 @@ class StudyLogger(tune.Callback):
         self.client.set_terminated(run_id, status)
         self.state.ended_trial(trial.trial_id, failed=status == "FAILED")
 
+    def load_existing(self) -> None:
+        """A resumed study's earlier trials count in the progress table and the best so far."""
+        for run in children(self.client, self.experiment_id, self.state.parent_run_id):
+            trial_id = run.data.tags.get("raypipe.trial_id", "")
+            self._runs[trial_id] = run.info.run_id
+            status = run.info.status
+            if status in TERMINAL:
+                self.state.ended_trial(trial_id, failed=status == "FAILED")
+                if run.data.tags.get("raypipe.pruned") == "true":
+                    self.state.pruned.add(trial_id)
+            score = run.data.metrics.get(f"best_{self.state.monitor}", math.nan)
+            if not math.isnan(score) and score > self.state.best:
+                self.state.best, self.state.best_trial = score, int(run.data.tags.get("raypipe.trial_number", 0))
+
+    def counts(self) -> dict[str, int]:
+        """Trials by outcome, from the child runs (they outlive any one driver process)."""
+        out = {"trials_finished": 0, "trials_pruned": 0, "trials_failed": 0}
+        for run in children(self.client, self.experiment_id, self.state.parent_run_id):
+            key = {"FINISHED": "trials_finished", "KILLED": "trials_pruned", "FAILED": "trials_failed"}.get(
+                run.info.status)
+            if key:
+                out[key] += 1
+        return out
+
     def reconcile(self, trials: list) -> dict[str, int]:
         """After ``fit``: every trial's run terminal and matching Tune; runs of unknown trials deleted.
 

@@ -255,6 +255,8 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
         study.state = StudyState.open(study.key, target=study.target.name, monitor=study.job.monitor,
                                       total=options.trials, parent_run_id=parent)
         loggers[study.key] = StudyLogger(uri, exp_id, study.state)
+        if options.resume:
+            loggers[study.key].load_existing()
         # Registered here, in the main thread: Tune's trainable registry is not thread-safe.
         tune.register_trainable(_trainable_name(study), _trainable(study, options))
 
@@ -374,15 +376,14 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
     state, monitor, run_id = study.state, study.job.monitor, study.state.parent_run_id
     trials = _tune_trials(study)
     logger.reconcile(trials)
+    _close_stale_optuna_trials(study)
     best_value, best = -math.inf, None
     for trial in trials:
         value = float(trial.metric_analysis.get(monitor, {}).get("max", math.nan))
         if not math.isnan(value) and value > best_value:
             best_value, best = value, trial
     best_params = dict(best.config) if best else {}
-    pruned = sum(1 for t in trials if t.status == "TERMINATED" and state.was_pruned(t.trial_id))
-    counts = {"trials_finished": sum(1 for t in trials if t.status == "TERMINATED") - pruned,
-              "trials_pruned": pruned, "trials_failed": sum(1 for t in trials if t.status == "ERROR")}
+    counts = logger.counts()
     now = mlflow.utils.time.get_current_time_millis()
     metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()]
     best_run_id = None
@@ -413,6 +414,29 @@ def _tune_trials(study: Study) -> list:
     return ExperimentAnalysis(str(study.path.resolve())).trials
 
 
+def optuna_study(study: Study):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve())))
+    return optuna.load_study(study_name=study.optuna_name, storage=storage)
+
+
+def _close_stale_optuna_trials(study: Study) -> int:
+    """Trials Optuna handed out that no Tune trial finished (the driver died after asking): FAIL.
+
+    Called when every Tune trial of the round has ended, so nothing of this study is still running.
+    """
+    import optuna
+
+    ostudy = optuna_study(study)
+    stale = [t for t in ostudy.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in stale:
+        ostudy.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
 def _log_study_plots(client: MlflowClient, run_id: str, study: Study) -> None:
     """Optuna's optimization history, parameter importance and parallel coordinates as PNGs."""
     import matplotlib
@@ -420,12 +444,9 @@ def _log_study_plots(client: MlflowClient, run_id: str, study: Study) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from optuna.visualization import matplotlib as ovm
 
-    storage = JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve())))
-    ostudy = optuna.load_study(study_name=study.optuna_name, storage=storage)
+    ostudy = optuna_study(study)
     complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
     plots = {"optimization_history": ovm.plot_optimization_history, "parallel_coordinate": ovm.plot_parallel_coordinate}
     if len(complete) >= 2:

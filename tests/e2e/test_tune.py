@@ -1,0 +1,115 @@
+"""`raypipe tune` end to end: real local Ray cluster, real Optuna storage, real MLflow store.
+
+Two targets x five trials of `test_convnext` on 48 px images: the MLflow layout (one parent per study,
+one child per trial with params, per-epoch metrics and a final status), pruned trials marked, the
+Optuna study persisted and consistent with the child runs, and the best trial better than the worst.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from tests.e2e.conftest import raypipe
+
+TINY = ["--set", "image_size=48", "--set", "test_per_class=3", "--epochs", "4"]
+TRIALS = 5
+
+
+def tune(data, run_dir, *args: str, timeout: int = 600):
+    proc = raypipe("tune", "--data", str(data), "--run-dir", str(run_dir), "--experiment", "e2e", *TINY, *args,
+                   timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def layout(run_dir):
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = {r.data.tags["raypipe.target"]: r for r in runs if r.data.tags.get("raypipe.kind") == "study"}
+    children = {target: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+                for target, parent in parents.items()}
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def study(synth_data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tune")
+    proc = tune(synth_data, run_dir, "--target", "fracture", "--target", "age", "--trials", str(TRIALS))
+    return run_dir, proc
+
+
+def test_prints_best_trial_per_target_and_how_to_open_mlflow(study):
+    _, proc = study
+    assert "best trial per target" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "[tune] fracture:" in proc.stdout  # the compact progress lines, not Ray's trial tables
+    assert "Trial status" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_one_parent_per_study_one_child_per_trial(study):
+    run_dir, _ = study
+    client, parents, children = layout(run_dir)
+    assert set(parents) == {"fracture", "age"}
+    for target, parent in parents.items():
+        monitor = parent.data.tags["raypipe.monitor"]
+        assert monitor == ("val_auroc" if target == "fracture" else "val_macro_f1")
+        assert parent.info.status == "FINISHED"
+        for tag in ("raypipe.data_hash", "raypipe.split_hash", "raypipe.space_sha256", "raypipe.best_run_id"):
+            assert len(parent.data.tags[tag]) >= 8, tag
+        assert parent.data.params["space"] == f"{'fracture' if target == 'fracture' else 'age'}.yaml"
+        assert parent.data.params["image_size"] == "48" and "lr" not in parent.data.params  # lr is searched
+        plots = {a.path for a in client.list_artifacts(parent.info.run_id, "study_plots")}
+        assert {"study_plots/optimization_history.png", "study_plots/parallel_coordinate.png"} <= plots
+
+        kids = children[target]
+        assert len(kids) == TRIALS
+        assert len({k.data.tags["raypipe.trial_id"] for k in kids}) == TRIALS
+        assert sorted(int(k.data.tags["raypipe.trial_number"]) for k in kids) == list(range(1, TRIALS + 1))
+        for kid in kids:
+            assert kid.info.run_name == f"{target} #{kid.data.tags['raypipe.trial_number']}"
+            assert "lr" in kid.data.params and "loss" in kid.data.params
+            assert ("focal_gamma" in kid.data.params) == (kid.data.params["loss"] == "focal")
+            steps = [m.step for m in client.get_metric_history(kid.info.run_id, monitor)]
+            assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 4
+            assert kid.info.status in ("FINISHED", "KILLED")
+            pruned = kid.data.tags["raypipe.pruned"] == "true"
+            assert pruned == (kid.info.status == "KILLED")
+            if pruned:  # ASHA stopped it before the last epoch
+                assert len(steps) < 4
+
+
+def test_asha_pruned_some_trials(study):
+    _, _, children = layout(study[0])
+    assert sum(k.info.status == "KILLED" for kids in children.values() for k in kids) >= 1
+
+
+def test_best_trial_beats_the_worst_and_is_recorded_on_the_parent(study):
+    client, parents, children = layout(study[0])
+    for target, parent in parents.items():
+        monitor = parent.data.tags["raypipe.monitor"]
+        scores = {k.info.run_id: k.data.metrics[f"best_{monitor}"] for k in children[target]}
+        assert parent.data.metrics[f"best_{monitor}"] == pytest.approx(max(scores.values()))
+        assert scores[parent.data.tags["raypipe.best_run_id"]] == max(scores.values())
+        assert max(scores.values()) > min(scores.values())
+        best = client.get_run(parent.data.tags["raypipe.best_run_id"])
+        assert parent.data.tags["best.lr"] == best.data.params["lr"]
+
+
+def test_optuna_study_persisted_and_matches_mlflow(study):
+    run_dir, _ = study
+    _, parents, children = layout(run_dir)
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "tune" / "e2e" / "optuna-journal.log")))
+    for target, parent in parents.items():
+        ostudy = optuna.load_study(study_name=parent.data.tags["raypipe.optuna_study"], storage=storage)
+        trials = ostudy.get_trials()
+        assert len(trials) == TRIALS
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert sorted(round(t.params["lr"], 12) for t in trials) == \
+            sorted(round(float(k.data.params["lr"]), 12) for k in children[target])
+        assert not any(math.isnan(t.value) for t in trials)
