@@ -5,7 +5,13 @@ PY     := $(VENV)/bin/python
 RUN_DIR ?= runs
 export RAYPIPE_RUN_DIR := $(RUN_DIR)
 
-.PHONY: install test test-unit test-e2e tune lint mlflow-ui clean
+# A local Ray head for `make tune RAY_ADDRESS=...` and `ray job submit` (token auth on, 127.0.0.1).
+RAY_PORT ?= 6379
+RAY_DASHBOARD_PORT ?= 8265
+RAY_HEAD_DIR = $(abspath $(RUN_DIR))/ray-head
+RAY_TOKEN = $(RAY_HEAD_DIR)/auth_token
+
+.PHONY: install test test-unit test-e2e tune ray-up ray-down lint mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (see README)"; exit 1; }
@@ -26,8 +32,26 @@ test-unit: install
 test-e2e: install
 	$(PY) -m pytest -q -m e2e
 
+# The demo study: synthesises data if absent, tunes age + every fracture target on local Ray.
+# With RAY_ADDRESS=127.0.0.1:$(RAY_PORT) it attaches to the head from `make ray-up` (and its token).
 tune: install
-	$(VENV)/bin/raypipe train --preset demo --run-dir $(RUN_DIR)
+	$(if $(RAY_ADDRESS),RAY_ADDRESS=$(RAY_ADDRESS) RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$${RAY_AUTH_TOKEN_PATH:-$(RAY_TOKEN)}) \
+	  $(VENV)/bin/raypipe tune --preset demo --run-dir $(RUN_DIR)
+
+# Jobs run `python` from the head's PATH: the venv goes first so they find raypipe's dependencies.
+ray-up: install
+	@mkdir -p $(RAY_HEAD_DIR) && chmod 700 $(RAY_HEAD_DIR)
+	@test -s $(RAY_TOKEN) || (umask 077 && $(PY) -c "import secrets; print(secrets.token_hex(32))" > $(RAY_TOKEN))
+	PATH=$(abspath $(VENV))/bin:$$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN) \
+	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) \
+	  --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) --disable-usage-stats >/dev/null
+	@echo "Ray head on 127.0.0.1:$(RAY_PORT), dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT), token $(RAY_TOKEN)"
+	@echo "  make tune RAY_ADDRESS=127.0.0.1:$(RAY_PORT)"
+	@echo "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN)"
+	@echo "  ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- python -m raypipe tune ..."
+
+ray-down:
+	$(VENV)/bin/ray stop --force
 
 lint: install
 	$(VENV)/bin/ruff check raypipe tests

@@ -59,13 +59,16 @@ class _ForwardReports(ray.train.UserCallback):
 
 
 def torch_trainer(job: TrainJob, name: str, storage_path: Path | str, callbacks: list,
-                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0, max_failures: int = 2) -> TorchTrainer:
+                  cpus_per_worker: float = 1.0, gpus_per_worker: float = 1.0, max_failures: int = 2,
+                  placement_group_key: str | None = None) -> TorchTrainer:
     """A DDP run of the loop. Re-running with the same ``name`` and ``storage_path`` resumes it from
-    its last checkpoint; a dead worker restarts the group from there (``max_failures`` times)."""
+    its last checkpoint; a dead worker restarts the group from there (``max_failures`` times).
+    With ``placement_group_key``, rank 0 records its worker group's placement group under that key
+    (see ``release_placement_group``)."""
     cfg = job.cfg
     return TorchTrainer(
         loop.train_loop_per_worker,
-        train_loop_config={"job": job},
+        train_loop_config={"job": job, "placement_group_key": placement_group_key},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if cfg.use_gpu else {})}),
@@ -77,6 +80,30 @@ def torch_trainer(job: TrainJob, name: str, storage_path: Path | str, callbacks:
             callbacks=callbacks,
         ),
     )
+
+
+def record_placement_group(key: str) -> None:
+    """In a Train worker: remember the worker group's placement group in Ray's key-value store."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        _internal_kv_put(key, group.id.hex().encode(), overwrite=True)
+
+
+def release_placement_group(key: str) -> None:
+    """Remove the placement group recorded under ``key``.
+
+    A TorchTrainer run inside a Tune trial keeps its workers' placement group after it returns (Ray
+    issue 54305, still so in 2.60): on a small cluster the next trial then waits for CPUs forever.
+    """
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    recorded = _internal_kv_get(key)
+    if recorded:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(recorded.decode()))))
+        _internal_kv_del(key)
 
 
 def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: ReportFn | None = None,

@@ -46,6 +46,7 @@ from raypipe.train.job import check_choices, make_job
 from raypipe.train.loop import TrainJob
 from raypipe.tune.spaces import SearchSpace, load_space
 from raypipe.tune.state import StudyState, trial_number
+from raypipe.tune.trial import ReleaseTrainWorkers, run_trial
 
 OPTUNA_FILE = "optuna-journal.log"
 
@@ -293,16 +294,17 @@ def _trainable_name(study: Study) -> str:
 
 
 def _trainable(study: Study, options: TuneOptions):
-    from raypipe.tune.trial import run_trial
-
     workers = options.workers_per_trial
     gpus_per_worker = options.gpus_per_trial / workers
     fn = tune.with_parameters(run_trial, job=study.job, train_storage=str((study.path / "train").resolve()),
                               cpus_per_worker=options.cpus_per_worker, gpus_per_worker=gpus_per_worker)
     if workers == 1:
         resources = {"CPU": options.cpus_per_worker, "GPU": options.gpus_per_trial}
-    else:  # the trial only drives its TorchTrainer, whose workers hold the CPUs/GPUs (FIELD-NOTES)
-        resources = {"CPU": 0}
+    else:
+        # The trial only drives its TorchTrainer, whose workers hold the CPUs/GPUs. Tune refuses an
+        # all-zero request, and any CPU here would keep a 2-CPU machine from placing 2 workers: ask
+        # for a token amount of memory instead.
+        resources = {"CPU": 0, "memory": 1 << 20}
     return tune.with_resources(fn, resources)
 
 
@@ -344,7 +346,7 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
                                     reuse_actors=options.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=study.path.name, storage_path=str(study.root.resolve()), verbose=2 if options.verbose else 0,
-            callbacks=[logger],
+            callbacks=[logger, ReleaseTrainWorkers()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,
                                                     checkpoint_score_order="max"),
         ),

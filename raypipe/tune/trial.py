@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from ray import tune
+
 from raypipe.train import launch, loop
 from raypipe.train.loop import TrainJob
 from raypipe.train.session import RaySession
@@ -24,10 +26,28 @@ def run_trial(config: dict[str, Any], job: TrainJob, train_storage: str, cpus_pe
         loop.run(trial_job, RaySession("tune", trial_job.cfg.use_gpu))
         return
 
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    name = f"trial-{tune.get_context().get_trial_id()}"
-    trainer = launch.torch_trainer(trial_job, name, Path(train_storage), [TuneReportCallback()],
-                                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = launch.torch_trainer(trial_job, f"trial-{trial_id}", Path(train_storage), [TuneReportCallback()],
+                                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                                   placement_group_key=placement_group_key(trial_id))
     trainer.fit()
+
+
+def placement_group_key(trial_id: str) -> str:
+    return f"raypipe-placement-group-{trial_id}"
+
+
+class ReleaseTrainWorkers(tune.Callback):
+    """Driver side: when a trial ends, free the placement group of the TorchTrainer it ran.
+
+    Tune stops a trial (ASHA, or its last epoch) by killing the trial actor, often before
+    ``trainer.fit()`` returns, and Ray 2.60 leaves the Train workers' placement group behind (Ray
+    issue 54305): the next W > 1 trial then waits for CPUs forever. Only the driver sees every end.
+    """
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        launch.release_placement_group(placement_group_key(trial.trial_id))
+
+    on_trial_error = on_trial_complete

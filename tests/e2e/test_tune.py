@@ -113,3 +113,16 @@ def test_optuna_study_persisted_and_matches_mlflow(study):
         assert sorted(round(t.params["lr"], 12) for t in trials) == \
             sorted(round(float(k.data.params["lr"]), 12) for k in children[target])
         assert not any(math.isnan(t.value) for t in trials)
+
+
+def test_ddp_trials_run_back_to_back_on_two_cpus(synth_data, tmp_path):
+    """W=2: each trial drives a TorchTrainer (gloo); its workers' CPUs come back when the trial ends
+    (ASHA stops trials by killing them, which in Ray 2.60 leaks the placement group otherwise)."""
+    tune(synth_data, tmp_path, "--target", "fracture", "--trials", "2", "--workers-per-trial", "2",
+         "--epochs", "2", timeout=400)
+    client, parents, children = layout(tmp_path)
+    kids = children["fracture"]
+    assert len(kids) == 2 and all(k.info.status in ("FINISHED", "KILLED") for k in kids)
+    for kid in kids:  # rank 0's per-epoch reports reached MLflow through TuneReportCallback
+        assert [m.step for m in client.get_metric_history(kid.info.run_id, "val_auroc")][:1] == [1]
+    assert parents["fracture"].data.params["workers_per_trial"] == "2"
