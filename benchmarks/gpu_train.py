@@ -48,7 +48,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         loop.run(job, LocalSession(tmp / f"out-{amp}", job.monitor, use_gpu=True,
-                                   on_report=lambda m, c: epochs.append(m)))
+                                   on_report=lambda m, c, epochs=epochs: epochs.append(m)))
         last = epochs[-1]
         results["runs"].append({
             "amp_bf16_channels_last": amp, "wall_s": round(time.perf_counter() - started, 2),

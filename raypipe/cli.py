@@ -199,6 +199,11 @@ def tune(
 
     console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(run_dir)} --host 127.0.0.1")
     console.print(f"Optuna studies: optuna-dashboard {planned[0].optuna_storage}")
+    failed = [o.target for o in outcomes if o.best_trial is None]
+    if failed:
+        err_console.print(f"error: no trial of {', '.join(failed)} finished; the trial errors are above and in "
+                          "the FAILED child runs (tag raypipe.error)", markup=False)
+        raise typer.Exit(1)
 
 
 def _short(value) -> str:

@@ -65,7 +65,7 @@ class ImageCache:
 
     def __init__(self, directory: Path, image_ids: list[str], size: int, masking: str,
                  data_hash: str, built: bool) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()  # trial processes run in other working directories
         self.image_ids = list(image_ids)
         self.size = size
         self.masking = masking

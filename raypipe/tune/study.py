@@ -5,8 +5,11 @@ starts; ``run`` fits the studies side by side, one driver thread each, and then 
 summary to its MLflow parent run. Where things live, per experiment (one per pipeline config):
 
   <run_dir>/tune/<experiment>/optuna-journal.log             Optuna storage, one study per target
-  <run_dir>/tune/<experiment>/<target>/round-<n>/            Tune experiment (state, trials, checkpoints)
-  <run_dir>/tune/<experiment>/<target>/round-<n>/study.json  what the round was started with
+  <run_dir>/tune/<experiment>/<target>-round-<n>/            Tune experiment (state, trials, checkpoints)
+  <run_dir>/tune/<experiment>/<target>-round-<n>/study.json  what the round was started with
+
+(One flat name per study: Tune stages driver files by experiment name, so studies running side by
+side in one process must not share a name.)
 
 A new ``raypipe tune`` starts round n+1 of each target and warm-starts TPE from the same Optuna
 study (same data split); ``--resume`` continues the latest round with ``Tuner.restore``.
@@ -72,7 +75,7 @@ class Study:
     job: TrainJob
     data_hash: str
     split_hash: str
-    root: Path  # <run_dir>/tune/<experiment>/<target slug>
+    root: Path  # <run_dir>/tune/<experiment> (absolute: trials run in other working directories)
     round: int
     state: StudyState = field(init=False)
 
@@ -89,11 +92,11 @@ class Study:
 
     @property
     def path(self) -> Path:
-        return self.root / f"round-{self.round}"
+        return self.root / f"{self.slug}-round-{self.round}"
 
     @property
     def optuna_storage(self) -> Path:
-        return self.root.parent / OPTUNA_FILE
+        return self.root / OPTUNA_FILE
 
     @property
     def optuna_name(self) -> str:
@@ -154,7 +157,7 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
                 raise InputError(f"target {target.name}", reason)
             warnings.warn(f"skipping {target.name}: {reason}", stacklevel=2)
             continue
-        root = Path(run_dir) / "tune" / experiment / target.name.replace("/", "-")
+        root = (Path(run_dir) / "tune" / experiment).resolve()
         studies.append(Study(experiment, target, space, cfg, job, prepared.data_hash, prepared.split_hash, root,
                              _round(root, options.resume, target)))
     if not studies:
@@ -200,7 +203,9 @@ def _untunable(job: TrainJob) -> str | None:
 
 
 def _round(root: Path, resume: bool, target: Target) -> int:
-    rounds = sorted(int(p.name.split("-")[1]) for p in root.glob("round-*") if p.name.split("-")[1].isdigit())
+    prefix = f"{target.name.replace('/', '-')}-round-"
+    rounds = sorted(int(p.name.removeprefix(prefix)) for p in root.glob(f"{prefix}*")
+                    if p.name.removeprefix(prefix).isdigit())
     if resume:
         if not rounds:
             raise InputError(str(root), f"nothing to resume for {target.name}: no earlier study")
@@ -345,7 +350,7 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
                                     num_samples=options.trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=options.workers_per_trial == 1),
         run_config=tune.RunConfig(
-            name=study.path.name, storage_path=str(study.root.resolve()), verbose=2 if options.verbose else 0,
+            name=study.path.name, storage_path=str(study.root), verbose=2 if options.verbose else 0,
             callbacks=[logger, ReleaseTrainWorkers()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,
                                                     checkpoint_score_order="max"),

@@ -126,3 +126,16 @@ def test_ddp_trials_run_back_to_back_on_two_cpus(synth_data, tmp_path):
     for kid in kids:  # rank 0's per-epoch reports reached MLflow through TuneReportCallback
         assert [m.step for m in client.get_metric_history(kid.info.run_id, "val_auroc")][:1] == [1]
     assert parents["fracture"].data.params["workers_per_trial"] == "2"
+
+
+def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_path):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("params:\n  lr: {type: loguniform, low: 0.01, high: 0.001}\n")
+    proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--target", "fracture",
+                   "--space", str(bad))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert str(bad) in proc.stderr and "params.lr" in proc.stderr and "below high" in proc.stderr
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "mlflow.db").exists()
+
+    proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--target", "age", "--resume")
+    assert proc.returncode == 2 and "nothing to resume for age" in proc.stderr, proc.stderr
