@@ -54,7 +54,7 @@ ray-down:
 	$(VENV)/bin/ray stop --force
 
 lint: install
-	$(VENV)/bin/ruff check raypipe tests
+	$(VENV)/bin/ruff check raypipe tests benchmarks
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db --host 127.0.0.1 --port 5000

@@ -185,10 +185,10 @@ def tune(
     with ProgressBoard(console) as board:
         outcomes = studies_mod.run(planned, options, run_dir, on_tick=board.update)
     table = Table(title=f"best trial per target (experiment '{experiment}')", title_justify="left")
-    for column in ("target", "best", "trial", "finished", "pruned", "failed", "minutes"):
-        table.add_column(column, justify="left" if column == "target" else "right")
+    for column in ("target", "metric", "best", "trial", "finished", "pruned", "failed", "minutes"):
+        table.add_column(column, justify="left" if column in ("target", "metric") else "right")
     for o in outcomes:
-        table.add_row(o.target, f"{o.monitor} {o.best_value:.3f}" if o.best_trial else "-",
+        table.add_row(o.target, o.monitor, f"{o.best_value:.3f}" if o.best_trial else "-",
                       f"#{o.best_trial}" if o.best_trial else "-", str(o.finished), str(o.pruned), str(o.failed),
                       f"{o.seconds / 60:.1f}")
     console.print(table)

@@ -56,4 +56,5 @@ class ProgressBoard:
                 self._seen[s.key] = counts
                 best = "-" if math.isinf(s.best) else f"{s.best:.3f}"
                 self.console.print(f"[tune] {s.target}: {s.done}/{s.total} done, {len(s.running)} running, "
-                                   f"{len(s.pruned)} pruned, {len(s.failed)} failed, best {s.monitor} {best}", markup=False)
+                                   f"{len(s.pruned)} pruned, {len(s.failed)} failed, best {s.monitor} {best}", markup=False,
+                                   soft_wrap=True)

@@ -258,21 +258,20 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
         if not options.resume:
             fsio.write_text(study.path / "study.json", json.dumps(study.record(options), indent=2))
         parent = _parent_run(client, exp_id, study, options)
-        study.state = StudyState.open(study.key, target=study.target.name, monitor=study.job.monitor,
-                                      total=options.trials, parent_run_id=parent)
+        StudyState.open(study.key, total=options.trials, parent_run_id=parent)  # == study.state
         loggers[study.key] = StudyLogger(uri, exp_id, study.state)
         if options.resume:
             loggers[study.key].load_existing()
         # Registered here, in the main thread: Tune's trainable registry is not thread-safe.
         tune.register_trainable(_trainable_name(study), _trainable(study, options))
 
-    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
 
     def fit(study: Study) -> None:
-        try:
-            results[study.key] = _tuner(study, options, max_concurrent, loggers[study.key]).fit()
-        except BaseException as exc:  # reported by the main thread
-            results[study.key] = exc
+        try:  # the outcome is read back from the experiment state in _finalize
+            _tuner(study, options, max_concurrent, loggers[study.key]).fit()
+        except BaseException as exc:  # re-raised by the main thread
+            errors[study.key] = exc
 
     threads = [threading.Thread(target=fit, args=(s,), name=f"study {s.target.name}", daemon=True) for s in studies]
     for thread in threads:
@@ -286,10 +285,9 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
 
     outcomes = []
     for study in studies:
-        result = results.get(study.key)
-        if isinstance(result, BaseException):
+        if study.key in errors:
             client.set_terminated(study.state.parent_run_id, "FAILED")
-            raise result
+            raise errors[study.key]
         outcomes.append(_finalize(client, study, loggers[study.key]))
     return outcomes
 
