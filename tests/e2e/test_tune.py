@@ -137,5 +137,6 @@ def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_pa
     assert str(bad) in proc.stderr and "params.lr" in proc.stderr and "below high" in proc.stderr
     assert not (tmp_path / "tune").exists() and not (tmp_path / "mlflow.db").exists()
 
-    proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--target", "age", "--resume")
+    proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--target", "age", "--resume",
+                   *TINY)
     assert proc.returncode == 2 and "nothing to resume for age" in proc.stderr, proc.stderr
