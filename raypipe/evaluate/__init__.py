@@ -1,0 +1,1 @@
+"""Test-set evaluation: bootstrap CIs by patient, calibration, subgroups."""

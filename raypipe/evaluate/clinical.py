@@ -1,0 +1,83 @@
+"""Test-set evaluation the way a clinical study reports it.
+
+Binary (fracture) models: AUROC and AUPRC with bootstrap 95% CIs, sensitivity / specificity / F1 at
+the *validation* Youden threshold (never re-tuned on test), calibration (ECE + reliability bins).
+Multi-class (age) models: accuracy and macro-F1 with CIs, and the confusion matrix.
+
+The bootstrap resamples *patients*, not images: one patient's AP and lateral views and follow-up
+studies are correlated, and resampling them apart would make the intervals too narrow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from raypipe.train.metrics import binary_metrics, confusion, multiclass_metrics, predictions
+
+CI_METRICS = {2: ("auroc", "auprc", "sensitivity", "specificity", "f1"), 0: ("accuracy", "macro_f1")}
+
+
+def point_metrics(y: np.ndarray, scores: np.ndarray, n_classes: int, threshold: float = 0.5) -> dict[str, float]:
+    if n_classes == 2:
+        return binary_metrics(y, scores, threshold)
+    return multiclass_metrics(y, scores)
+
+
+def bootstrap_ci(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_classes: int, threshold: float = 0.5,
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of each metric over ``n_boot`` resamples of whole groups (patients)."""
+    y, scores, groups = np.asarray(y), np.asarray(scores), np.asarray(groups)
+    names = CI_METRICS[2 if n_classes == 2 else 0]
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(members), size=len(members))
+        idx = np.concatenate([members[g] for g in picked])
+        values = point_metrics(y[idx], scores[idx], n_classes, threshold)
+        for name in names:
+            draws[name].append(values[name])
+    alpha = (1 - level) / 2
+    out = {}
+    for name, values in draws.items():
+        arr = np.asarray(values, dtype=float)
+        arr = arr[~np.isnan(arr)]  # resamples with one class only have no AUROC
+        out[name] = (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha))) if len(arr) else (
+            float("nan"), float("nan"))
+    return out
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error and the reliability diagram's bins (equal-width on [0, 1])."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        if not mask.any():
+            continue
+        confidence, observed = float(p[mask].mean()), float(y[mask].mean())
+        ece += mask.mean() * abs(confidence - observed)
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
+                     "mean_predicted": confidence, "observed_rate": observed})
+    return {"ece": float(ece), "bins": rows}
+
+
+def evaluate_test(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_classes: int,
+                  threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Point metrics, CIs, confusion matrix and (binary) calibration of one model on the test set."""
+    metrics = point_metrics(y, scores, n_classes, threshold)
+    result: dict[str, Any] = {
+        "n_images": int(len(y)), "n_patients": int(len(np.unique(patients))), "threshold": float(threshold),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "ci95": bootstrap_ci(y, scores, patients, n_classes, threshold, n_boot, seed),
+        "confusion_matrix": confusion(y, predictions(scores, n_classes, threshold), n_classes).tolist(),
+    }
+    if n_classes == 2:
+        result["calibration"] = calibration(y, scores)
+        result["metrics"]["ece"] = result["calibration"]["ece"]
+    return result

@@ -1,0 +1,57 @@
+"""Clinical evaluation: CIs hold the point estimate, narrow with more patients, respect patient clusters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raypipe.evaluate.clinical import bootstrap_ci, calibration, evaluate_test
+
+
+def scored(n_patients: int, views: int = 2, seed: int = 0):
+    """Patients with ``views`` images each sharing a label and a patient effect on the score."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n_patients)
+    effect = rng.normal(0, 1, n_patients)
+    y = np.repeat(label, views)
+    patients = np.repeat(np.arange(n_patients), views)
+    logits = 0.5 * (2 * y - 1) + np.repeat(effect, views) + rng.normal(0, 0.3, len(y))
+    return y, 1 / (1 + np.exp(-logits)), patients
+
+
+def width(ci):
+    return ci[1] - ci[0]
+
+
+def test_ci_contains_point_estimate_and_narrows_with_more_patients():
+    small = evaluate_test(*scored(40), n_classes=2, threshold=0.5, n_boot=300)
+    large = evaluate_test(*scored(400), n_classes=2, threshold=0.5, n_boot=300)
+    for result in (small, large):
+        for name in ("auroc", "auprc", "sensitivity", "specificity", "f1"):
+            low, high = result["ci95"][name]
+            assert low <= result["metrics"][name] <= high, name
+    assert width(large["ci95"]["auroc"]) < 0.6 * width(small["ci95"]["auroc"])
+    assert small["n_patients"] == 40 and small["n_images"] == 80
+
+
+def test_resampling_patients_is_wider_than_resampling_images_when_views_correlate():
+    y, p, patients = scored(60, views=4)
+    by_patient = bootstrap_ci(y, p, patients, 2, n_boot=400)["auroc"]
+    by_image = bootstrap_ci(y, p, np.arange(len(y)), 2, n_boot=400)["auroc"]
+    assert width(by_patient) > width(by_image)
+
+
+def test_calibration_error_small_when_calibrated_large_when_not():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 20000)
+    y = (rng.uniform(0, 1, p.size) < p).astype(int)
+    assert calibration(y, p)["ece"] < 0.02
+    assert calibration(y, np.clip(p * 0.3, 0, 1))["ece"] > 0.2
+
+
+def test_multiclass_has_accuracy_macro_f1_and_confusion():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 200)
+    probs = np.eye(4)[y] * 0.6 + rng.dirichlet(np.ones(4), 200) * 0.4
+    result = evaluate_test(y, probs, np.arange(200) // 2, n_classes=4, n_boot=200)
+    assert set(result["ci95"]) == {"accuracy", "macro_f1"}
+    assert np.asarray(result["confusion_matrix"]).sum() == 200 and "calibration" not in result
