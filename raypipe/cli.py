@@ -206,6 +206,41 @@ def tune(
         raise typer.Exit(1)
 
 
+@app.command("promote")
+def promote_cmd(
+    target: Annotated[list[str], typer.Option(help="Target(s) whose latest study to promote.")],
+    data: Data = None,
+    preset: Preset_ = None,
+    margin: Annotated[float, typer.Option(help="Test-metric gain needed to replace the champion.")] = 0.0,
+    rollback: Annotated[bool, typer.Option(help="Move `champion` back to the version it replaced.")] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for the CIs.")] = 1000,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment of the studies (default: the "
+                                                   "preset name).")] = None,
+    source: Source = "auto",
+) -> None:
+    """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins."""
+    from mlflow.tracking import MlflowClient
+
+    from raypipe.ship import promote as ship
+    from raypipe.tracking.runs import tracking_uri
+
+    experiment = experiment or preset or "raypipe"
+    if rollback:
+        client = MlflowClient(tracking_uri(run_dir))
+        for spec in target:
+            name = ship.model_name(experiment, spec)
+            console.print(f"{name}: champion is v{ship.rollback(client, name, run_dir)} again")
+        return
+    _, data, _, _ = _resolve_inputs(preset, None, data, None)
+    if data is None:
+        raise InputError("command line", "--data is required (or --preset)")
+    for spec in target:
+        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap)
+        console.print(f"{p.model_name} v{p.version}: test {p.metric} {p.value:.3f} "
+                      f"(95% CI {p.ci95[0]:.3f}-{p.ci95[1]:.3f}) -> {p.alias}: {p.reason}", soft_wrap=True)
+
+
 def _short(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 

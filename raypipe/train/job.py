@@ -116,7 +116,7 @@ def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, 
         fsio.write_yaml(out_dir / "config.yaml", {"target": target.name, **to_dict(cfg)})
         client.log_artifact(run_id, str(out_dir / "config.yaml"))
         result = launch.fit(job, out_dir, run_dir / "ray", name=f"train-{run_id}", on_report=EpochLogger(uri, run_id))
-        best = log_outcome(client, run_id, job, result.best_checkpoint)
+        best = log_outcome(client, run_id, job, result.checkpoint)
         now = mlflow.utils.time.get_current_time_millis()
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, result.best_epoch) for k, v in best.items()])
         client.set_tag(run_id, "raypipe.best_epoch", str(result.best_epoch))
@@ -125,4 +125,4 @@ def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, 
         raise
     client.set_terminated(run_id, "FINISHED")
     return TrainOutcome(run_id, exp_id, uri, target.name, result.best_epoch, result.epochs_run, best,
-                        result.best_checkpoint)
+                        result.checkpoint)

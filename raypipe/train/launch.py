@@ -25,7 +25,7 @@ from raypipe.train.session import LocalSession, ReportFn
 
 @dataclass
 class TrainResult:
-    best_checkpoint: Path  # a local directory (see checkpoint.py)
+    checkpoint: Path  # the kept epoch's checkpoint, a local directory (see checkpoint.py)
     best_epoch: int
     epochs_run: int
 
@@ -107,16 +107,17 @@ def release_placement_group(key: str) -> None:
 
 
 def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: ReportFn | None = None,
-        cpus_per_worker: float = 1.0) -> TrainResult:
-    """Train ``job`` with ``job.cfg.workers`` workers; return the best checkpoint as a local dir."""
+        cpus_per_worker: float = 1.0, keep: str = "best") -> TrainResult:
+    """Train ``job`` with ``job.cfg.workers`` workers; return the best (or, ``keep="last"``, the last)
+    epoch's checkpoint as a local dir. Promotion keeps the last: its validation data is trained on."""
     cfg = job.cfg
     if cfg.workers <= 1:
         session = LocalSession(out_dir, job.monitor, cfg.use_gpu, on_report)
         state = loop.run(job, session)
-        best = session.best or session.latest_checkpoint()
-        if best is None:
+        kept = (session.best if keep == "best" else None) or session.latest_checkpoint()
+        if kept is None:
             raise RuntimeError("training produced no checkpoint")
-        return TrainResult(best, int(state["best_epoch"]), int(state["epoch"]))
+        return TrainResult(kept, int(state["best_epoch"]), int(state["epoch"]))
 
     init_ray()
     trainer = torch_trainer(job, name, storage_path, [_ForwardReports(on_report)] if on_report else [],
@@ -125,6 +126,8 @@ def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: 
     # Ray keeps the best checkpoints but does not order them best-first: choose by the monitor.
     kept = result.best_checkpoints or [(result.checkpoint, result.metrics)]
     best_ckpt, best_metrics = max(kept, key=lambda pair: _score(pair[1], job.monitor))
+    if keep == "last":
+        best_ckpt = result.checkpoint
     if best_ckpt is None:
         raise RuntimeError("training produced no checkpoint")
     local = Path(out_dir) / "checkpoints" / "best"

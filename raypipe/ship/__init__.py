@@ -1,0 +1,1 @@
+"""Shipping models: promotion to the MLflow Model Registry and the pyfunc that serves them."""

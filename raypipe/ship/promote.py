@@ -1,0 +1,243 @@
+"""Promotion: a study's winner, retrained on train+val, tested, registered; `champion` only if it wins.
+
+``promote`` (``raypipe promote --target T``):
+  1. the latest finished study of T in the experiment -> its best trial's config, the epoch where that
+     trial peaked (its early-stopping point) and its validation Youden threshold;
+  2. retrain that config on train+val for exactly that many epochs (the one loop; Ray Train for W > 1);
+  3. evaluate the last epoch on the fixed test set (patient-level bootstrap CIs, see evaluate/clinical.py);
+  4. log it as an MLflow pyfunc defined in code (ship/pyfunc_model.py: safetensors + JSON spec, no
+     pickle) and register it as a new version of ``<experiment>.<target>``;
+  5. under a lock: alias ``champion`` if it beats the current champion's test metric by ``margin`` on
+     the same test split, else alias ``challenger`` with the reason tagged.
+``rollback`` moves ``champion`` back to the version it replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import raypipe
+from raypipe.config import TrainConfig, from_dict
+from raypipe.data.dataset import CachedImageDataset
+from raypipe.data.prepare import prepare
+from raypipe.data.targets import parse_target
+from raypipe.errors import InputError
+from raypipe.evaluate.clinical import evaluate_test
+from raypipe.models.backbones import build_model_from_spec
+from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
+from raypipe.train import checkpoint, launch
+from raypipe.train.job import make_job
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
+
+
+@dataclass
+class Promotion:
+    model_name: str
+    version: str
+    alias: str  # champion | challenger
+    reason: str
+    metric: str
+    value: float
+    ci95: tuple[float, float]
+    previous_champion: str | None
+
+
+def model_name(experiment: str, target: str) -> str:
+    return f"{experiment}.{target.replace('/', '-')}"
+
+
+# ------------------------------------------------------------------------------------- the winner
+def best_of_study(client: MlflowClient, exp_id: str, target: str) -> dict[str, Any]:
+    """The latest finished study of ``target``: best trial's config, peak epoch, threshold, ids."""
+    studies = client.search_runs(
+        [exp_id], f"tags.`raypipe.kind` = 'study' and tags.`raypipe.target` = '{target}' "
+                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not studies:
+        raise InputError(f"target {target}", "no finished study to promote from: run `raypipe tune` first")
+    study = studies[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        best = json.loads(Path(client.download_artifacts(study.info.run_id, "best_trial.json", tmp)).read_text())
+    monitor = study.data.tags["raypipe.monitor"]
+    history = client.get_metric_history(best["run_id"], monitor)
+    peak = max(history, key=lambda m: (m.value if not math.isnan(m.value) else -math.inf, -m.step))
+    thresholds = {m.step: m.value for m in client.get_metric_history(best["run_id"], "val_threshold")}
+    return {"study_run_id": study.info.run_id, "study": study.data.tags["raypipe.study"], "monitor": monitor,
+            "trial_run_id": best["run_id"], "trial_id": best["trial_id"], "config": best["config"],
+            "epochs": int(peak.step), "threshold": thresholds.get(peak.step, 0.5),
+            "split_hash": study.data.tags["raypipe.split_hash"]}
+
+
+# ----------------------------------------------------------------------------------- promote
+def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin: float = 0.0,
+            source: str = "auto", n_boot: int = 1000) -> Promotion:
+    run_dir = Path(run_dir)
+    uri = tracking_uri(run_dir)
+    client = MlflowClient(uri)
+    exp_id = experiment_id(client, experiment, run_dir)
+    best = best_of_study(client, exp_id, target_spec)
+    cfg = from_dict(TrainConfig, best["config"], f"study {best['study']} best_trial.json")
+    # Retrain for the trial's early-stopping point, no early stopping: there is no held-out val now.
+    cfg = dataclasses.replace(cfg, epochs=max(1, best["epochs"]), patience=max(1, best["epochs"]) + 1)
+    prepared = prepare(data, cfg, run_dir, source)
+    if prepared.split_hash != best["split_hash"]:
+        raise InputError(f"target {target_spec}", "the data split changed since the study; tune again")
+    target = parse_target(target_spec, prepared.scheme)
+    job = make_job(prepared, target, cfg)
+    val_rows, val_y = prepared.select(target, "val")
+    job = dataclasses.replace(job, train_rows=np.concatenate([job.train_rows, val_rows]),
+                              train_labels=np.concatenate([job.train_labels, val_y]))
+    test_rows, test_y = prepared.select(target, "test")
+    if len(test_rows) == 0:
+        raise InputError(f"target {target.name}", "no images in the fixed test set")
+    test_frame = prepared.manifest[(prepared.splits["split"] == "test").to_numpy()]
+    patients = target.select(test_frame, prepared.scheme)[0]["patient_id"].to_numpy()  # grouping only
+
+    run = client.create_run(exp_id, run_name=f"promote {target.name}", tags={
+        "raypipe.kind": "promote", "raypipe.target": target.name, "raypipe.study": best["study"],
+        "raypipe.trial_id": best["trial_id"], "raypipe.trial_run_id": best["trial_run_id"],
+        "raypipe.data_hash": prepared.data_hash, "raypipe.split_hash": prepared.split_hash,
+        "raypipe.git_sha": git_sha(), "mlflow.source.name": "raypipe promote"})
+    run_id = run.info.run_id
+    try:
+        out_dir = run_dir / "promote" / run_id
+        result = launch.fit(job, out_dir, run_dir / "ray", name=f"promote-{run_id}", keep="last")
+        scores = _predict(result.checkpoint, job.cache, test_rows, job.n_classes)
+        threshold = float(best["threshold"]) if job.n_classes == 2 else 0.5
+        report = evaluate_test(test_y, scores, patients, job.n_classes, threshold, n_boot=n_boot, seed=cfg.seed)
+        metric = best["monitor"].removeprefix("val_")
+        client.log_dict(run_id, report, "test_evaluation.json")
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"test_{k}", v, 0, 0)
+                                          for k, v in report["metrics"].items() if not math.isnan(v)])
+        version = _register(uri, run_id, result.checkpoint, threshold, model_name(experiment, target.name))
+        tags = {"study": best["study"], "trial_id": best["trial_id"], "data_hash": prepared.data_hash,
+                "split_hash": prepared.split_hash, "git_sha": git_sha(), "metric": metric,
+                f"test_{metric}": repr(report["metrics"][metric]),
+                f"test_{metric}_ci95": json.dumps(report["ci95"][metric]), "threshold": repr(threshold)}
+        for key, value in tags.items():
+            client.set_model_version_tag(version.name, version.version, key, value)
+        with _lock(run_dir, version.name):
+            promotion = decide(client, version.name, version.version, metric, report["metrics"][metric],
+                               prepared.split_hash, margin)
+        promotion.ci95 = tuple(report["ci95"][metric])
+        client.set_tag(run_id, "raypipe.alias", promotion.alias)
+        client.set_tag(run_id, "raypipe.reason", promotion.reason)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return promotion
+
+
+def _predict(ckpt_dir: Path, cache, rows: np.ndarray, n_classes: int) -> np.ndarray:
+    spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text())
+    model = build_model_from_spec(spec)
+    checkpoint.load_weights(ckpt_dir, model)
+    model.eval()
+    dataset = CachedImageDataset(cache, rows, np.zeros(len(rows), dtype=np.int64), 0.0, train=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64)
+    with torch.no_grad():
+        logits = torch.cat([model(images).float() for images, _ in loader])
+    return torch.sigmoid(logits.reshape(-1)).numpy() if n_classes == 2 else torch.softmax(logits, 1).numpy()
+
+
+def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str):
+    """Log the pyfunc (code + safetensors + spec) in the promote run and register a new version."""
+    spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()) | {"threshold": threshold}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_SOURCE),
+            artifacts={"weights": str(Path(ckpt_dir) / checkpoint.MODEL_FILE), "spec": str(spec_path)},
+            pip_requirements=[f"raypipe=={raypipe.__version__}"], registered_model_name=name,
+            signature=mlflow.models.infer_signature(pd.DataFrame({"image": ["wrist.png"], "text_boxes": [""]})))
+    return MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
+
+
+# -------------------------------------------------------------------------------- the aliases
+@contextlib.contextmanager
+def _lock(run_dir: Path, name: str) -> Iterator[None]:
+    """Serialise alias changes of one model (same host; a shared run dir serialises a cluster's)."""
+    path = Path(run_dir) / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def current_champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def decide(client: MlflowClient, name: str, version: str, metric: str, value: float, split_hash: str,
+           margin: float) -> Promotion:
+    """Give ``version`` the champion alias if it wins, else the challenger alias. Call under ``_lock``."""
+    champion = current_champion(client, name)
+    previous = str(champion.version) if champion else None
+    if champion is None:
+        alias, reason = CHAMPION, "first version of this model"
+    elif champion.tags.get("split_hash") != split_hash:
+        alias, reason = CHALLENGER, (f"champion v{champion.version} was tested on another split "
+                                     f"({champion.tags.get('split_hash', '?')[:12]}); not comparable")
+    else:
+        best = float(champion.tags.get(f"test_{metric}", "nan"))
+        if math.isnan(value) or not value > best + margin:
+            alias, reason = CHALLENGER, (f"test {metric} {value:.4f} does not beat champion v{champion.version} "
+                                         f"({best:.4f}) by the margin {margin}")
+        else:
+            alias, reason = CHAMPION, f"test {metric} {value:.4f} beats champion v{champion.version} ({best:.4f})"
+    if alias == CHAMPION:
+        if previous:
+            client.set_model_version_tag(name, version, "previous_champion", previous)
+        client.set_registered_model_alias(name, CHAMPION, version)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, "promotion", f"{alias}: {reason}")
+    return Promotion(name, str(version), alias, reason, metric, value, (math.nan, math.nan),
+                     previous if alias == CHAMPION else None)
+
+
+def rollback(client: MlflowClient, name: str, run_dir: Path) -> str:
+    """Move ``champion`` back to the version the current champion replaced; return that version."""
+    with _lock(run_dir, name):
+        champion = current_champion(client, name)
+        if champion is None:
+            raise InputError(name, "has no champion to roll back")
+        previous = champion.tags.get("previous_champion")
+        if not previous:
+            raise InputError(name, f"champion v{champion.version} replaced no earlier version")
+        try:
+            client.get_model_version(name, previous)
+        except MlflowException:
+            raise InputError(name, f"the previous champion v{previous} no longer exists") from None
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
+        return previous
