@@ -28,10 +28,11 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 import raypipe
 from raypipe.config import TrainConfig, from_dict
@@ -46,6 +47,8 @@ from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# Inputs: image paths, optional YOLO text boxes (masked as in training when given).
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image"), ColSpec("string", "text_boxes", required=False)]))
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -172,7 +175,7 @@ def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str
             name="model", python_model=str(PYFUNC_SOURCE),
             artifacts={"weights": str(Path(ckpt_dir) / checkpoint.MODEL_FILE), "spec": str(spec_path)},
             pip_requirements=[f"raypipe=={raypipe.__version__}"], registered_model_name=name,
-            signature=mlflow.models.infer_signature(pd.DataFrame({"image": ["wrist.png"], "text_boxes": [""]})))
+            signature=SIGNATURE)
     return MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
 
 

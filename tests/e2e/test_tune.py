@@ -7,7 +7,11 @@ Optuna study persisted and consistent with the child runs, and the best trial be
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -140,3 +144,34 @@ def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_pa
     proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--target", "age", "--resume",
                    *TINY)
     assert proc.returncode == 2 and "nothing to resume for age" in proc.stderr, proc.stderr
+
+
+def test_promote_registers_a_champion_loadable_from_a_fresh_process(study, synth_data):
+    run_dir, _ = study
+    proc = raypipe("promote", "--data", str(synth_data), "--run-dir", str(run_dir), "--experiment", "e2e",
+                   "--target", "fracture", "--bootstrap", "100")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "e2e.fracture v1" in proc.stdout and "-> champion: first version" in proc.stdout
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("e2e.fracture", "champion")
+    low, high = json.loads(version.tags["test_auroc_ci95"])
+    assert low <= float(version.tags["test_auroc"]) <= high
+    assert version.tags["split_hash"] == layout(run_dir)[1]["fracture"].data.tags["raypipe.split_hash"]
+
+    # A second promotion of the same study retrains the same model: it cannot beat the champion.
+    again = raypipe("promote", "--data", str(synth_data), "--run-dir", str(run_dir), "--experiment", "e2e",
+                    "--target", "fracture", "--bootstrap", "100", "--margin", "0.01")
+    assert again.returncode == 0 and "-> challenger" in again.stdout, again.stdout + again.stderr
+
+    images = sorted(str(p) for p in synth_data.glob("images_part*/*.png"))[:3]
+    script = ("import json, sys, mlflow, pandas as pd\n"
+              "model = mlflow.pyfunc.load_model('models:/e2e.fracture@champion')\n"
+              "out = model.predict(pd.DataFrame({'image': sys.argv[1:]}))\n"
+              "print(json.dumps(out.to_dict(orient='records')))\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}"}
+    loaded = subprocess.run([sys.executable, "-c", script, *images], capture_output=True, text=True, env=env,
+                            cwd=run_dir, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    rows = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert len(rows) == 3 and all(0 <= r["probability"] <= 1 and r["label"] in ("normal", "fracture") for r in rows)
+    assert {r["threshold"] for r in rows} == {float(version.tags["threshold"])}
