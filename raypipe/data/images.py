@@ -30,6 +30,8 @@ from raypipe.errors import InputError
 
 MASKING_MODES = ("off", "fill", "blur")
 WINDOW_PERCENTILES = (0.5, 99.5)
+# A corrupt file is reported once, as our one-line InputError; OpenCV's own C++ log lines would be noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _DICOM_HINT = "DICOM support is not installed: pip install raypipe[dicom]"
 
 Box = tuple[float, float, float, float]

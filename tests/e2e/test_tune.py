@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -146,11 +147,17 @@ def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_pa
     assert proc.returncode == 2 and "nothing to resume for age" in proc.stderr, proc.stderr
 
 
-def test_promote_registers_a_champion_loadable_from_a_fresh_process(study, synth_data):
+@pytest.fixture(scope="module")
+def promoted(study, synth_data):
     run_dir, _ = study
     proc = raypipe("promote", "--data", str(synth_data), "--run-dir", str(run_dir), "--experiment", "e2e",
                    "--target", "fracture", "--bootstrap", "100")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_promote_registers_a_champion_loadable_from_a_fresh_process(promoted, synth_data):
+    run_dir, proc = promoted
     assert "e2e.fracture v1" in proc.stdout and "-> champion: first version" in proc.stdout
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     version = client.get_model_version_by_alias("e2e.fracture", "champion")
@@ -175,3 +182,25 @@ def test_promote_registers_a_champion_loadable_from_a_fresh_process(study, synth
     rows = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert len(rows) == 3 and all(0 <= r["probability"] <= 1 and r["label"] in ("normal", "fracture") for r in rows)
     assert {r["threshold"] for r in rows} == {float(version.tags["threshold"])}
+
+
+def test_predict_routes_explains_and_refuses_bad_input(promoted, synth_data, tmp_path):
+    run_dir, _ = promoted
+    ap, lat = sorted(synth_data.glob("images_part*/*_WRI-?1_*.png"))[0], sorted(synth_data.glob("images_part*/*_WRI-?2_*.png"))[0]
+    proc = raypipe("predict", str(ap), str(lat), "--age", "9", "--run-dir", str(run_dir), "--experiment", "e2e",
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["projection"] for r in rows] == ["AP", "Lat"]  # from the GRAZPEDWRI-DX file names
+    for row in rows:
+        assert row["model"] == "e2e.fracture" and row["version"] == "1" and row["age_group"] == 1
+        assert row["decision"] == ("fracture" if row["probability"] >= row["threshold"] else "normal")
+        overlay = Path(row["gradcam"])
+        assert overlay.is_file() and overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    broken = tmp_path / "broken_AP.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bad = raypipe("predict", str(broken), "--age", "9", "--run-dir", str(run_dir), "--experiment", "e2e")
+    assert bad.returncode == 2 and str(broken) in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.stderr
+    none = raypipe("predict", str(ap), "--age", "9", "--run-dir", str(run_dir), "--experiment", "nonesuch")
+    assert none.returncode == 2 and "no champion models" in none.stderr, none.stderr
