@@ -11,7 +11,7 @@ RAY_DASHBOARD_PORT ?= 8265
 RAY_HEAD_DIR = $(abspath $(RUN_DIR))/ray-head
 RAY_TOKEN = $(RAY_HEAD_DIR)/auth_token
 
-.PHONY: install test test-unit test-e2e tune ray-up ray-down lint mlflow-ui clean
+.PHONY: install test test-unit test-e2e tune demo ray-up ray-down lint mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (see README)"; exit 1; }
@@ -37,6 +37,10 @@ test-e2e: install
 tune: install
 	$(if $(RAY_ADDRESS),RAY_ADDRESS=$(RAY_ADDRESS) RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$${RAY_AUTH_TOKEN_PATH:-$(RAY_TOKEN)}) \
 	  $(VENV)/bin/raypipe tune --preset demo --run-dir $(RUN_DIR)
+
+# The whole pipeline on the demo preset: tune every target, promote the winners, write the report.
+demo: install
+	$(VENV)/bin/raypipe pipeline run --preset demo --run-dir $(RUN_DIR)
 
 # Jobs run `python` from the head's PATH: the venv goes first so they find raypipe's dependencies.
 ray-up: install

@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Tune and ship pediatric wrist X-ray classifiers on Ray + MLflow.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, check, split and cache data sets.")
 app.add_typer(data_app, name="data")
+pipeline_app = typer.Typer(no_args_is_help=True, help="The whole pipeline: data -> tune -> promote -> report.")
+app.add_typer(pipeline_app, name="pipeline")
 
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Where manifests, caches, checkpoints and the "
                                       "embedded MLflow store live.", envvar="RAYPIPE_RUN_DIR")]
@@ -287,6 +289,46 @@ def predict_cmd(
     for row in rows:
         console.print(json.dumps(row), markup=False, soft_wrap=True)
     fsio.write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    preset: Annotated[str | None, typer.Option(help="Packaged preset ('demo') ...")] = None,
+    config: Annotated[Path | None, typer.Option(help="... or a pipeline YAML (the preset format).")] = None,
+    data: Data = None,
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+    source: Source = "auto",
+) -> None:
+    """Check, split, cache, tune every target, promote the winners, write the report; unchanged stages skip."""
+    from raypipe.pipeline import run_pipeline
+    from raypipe.tune.progress import ProgressBoard
+
+    if (preset is None) == (config is None):
+        raise InputError("command line", "give exactly one of --preset or --config")
+    name = preset or str(config)
+    chosen = load_preset(name)
+    data = data or Path(chosen.data)
+    if not data.exists():
+        data_synth(data, **chosen.synth)
+    experiment = preset or Path(name).stem
+    with ProgressBoard(console) as board:
+        run_pipeline(chosen, experiment, data, run_dir, source, say=lambda line: console.print(line, markup=False),
+                     on_tick=board.update)
+
+
+@app.command("report")
+def report_cmd(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment (the pipeline config's name).")] = "demo",
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    run_dir: RunDir = DEFAULT_RUN_DIR,
+) -> None:
+    """One self-contained HTML page: test metrics with CIs, curves, calibration, tuning summary."""
+    from mlflow.tracking import MlflowClient
+
+    from raypipe import report
+    from raypipe.tracking.runs import tracking_uri
+
+    console.print(f"wrote {report.build(MlflowClient(tracking_uri(run_dir)), experiment, out)}")
 
 
 def _short(value) -> str:

@@ -73,6 +73,14 @@ class TunePlan:
 
 
 @dataclass
+class PromotePlan:
+    """How ``raypipe pipeline run`` promotes each tuned target."""
+
+    margin: float = 0.0  # test-metric gain a new version needs to replace the champion
+    bootstrap: int = 1000  # patient-level bootstrap resamples for the test CIs
+
+
+@dataclass
 class Preset:
     """A packaged pipeline preset: where the data comes from and how to train and tune on it."""
 
@@ -81,6 +89,7 @@ class Preset:
     target: str = "fracture/AP"
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TunePlan = field(default_factory=TunePlan)
+    promote: PromotePlan = field(default_factory=PromotePlan)
 
 
 def from_dict(cls: type, raw: Any, origin: str | Path, prefix: str = "") -> Any:

@@ -19,8 +19,8 @@ import dataclasses
 import fcntl
 import json
 import math
-import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +127,11 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         threshold = float(best["threshold"]) if job.n_classes == 2 else 0.5
         report = evaluate_test(test_y, scores, patients, job.n_classes, threshold, n_boot=n_boot, seed=cfg.seed)
         metric = best["monitor"].removeprefix("val_")
+        report["class_names"] = job.class_names
         client.log_dict(run_id, report, "test_evaluation.json")
+        with tempfile.TemporaryDirectory() as tmp:  # labels and scores only: no identifiers
+            np.savez(Path(tmp) / "test_predictions.npz", y=test_y, scores=scores)
+            client.log_artifact(run_id, str(Path(tmp) / "test_predictions.npz"))
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"test_{k}", v, 0, 0)
                                           for k, v in report["metrics"].items() if not math.isnan(v)])
         version = _register(uri, run_id, result.checkpoint, threshold, model_name(experiment, target.name))
@@ -165,10 +169,10 @@ def _predict(ckpt_dir: Path, cache, rows: np.ndarray, n_classes: int) -> np.ndar
 def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str):
     """Log the pyfunc (code + safetensors + spec) in the promote run and register a new version."""
     spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()) | {"threshold": threshold}
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "no input_example": paths to images on this machine
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         info = mlflow.pyfunc.log_model(

@@ -48,3 +48,42 @@ def roc_png(y: np.ndarray, p: np.ndarray, path: Path, title: str, threshold: flo
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def pr_png(y: np.ndarray, p: np.ndarray, path: Path, title: str) -> Path | None:
+    """Precision-recall curve with the prevalence line; None when only one class is present."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    if len(np.unique(y)) < 2:
+        return None
+    precision, recall, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(recall, precision, lw=2, label=f"AUPRC {average_precision_score(y, p):.3f}")
+    ax.axhline(float(np.mean(y)), ls="--", color="grey", lw=1, label="prevalence")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision (PPV)")
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reliability_png(bins: list[dict], ece: float, path: Path, title: str) -> Path:
+    """Reliability diagram from ``evaluate.clinical.calibration`` bins (dot size = images in the bin)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    if bins:
+        ax.scatter([b["mean_predicted"] for b in bins], [b["observed_rate"] for b in bins],
+                   s=[20 + 4 * b["n"] for b in bins], color="tab:blue", label=f"ECE {ece:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed fracture rate")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -15,9 +15,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
+# Terminal output is ours: no per-download progress bars in the middle of the tables.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 # mlflow sets its logger to INFO on import; its schema-migration chatter is not for users.
 logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,12 @@ def test_job_submit_tunes_on_a_token_auth_head(ray_head, synth_data, tmp_path):
                   env | {"RAY_AUTH_MODE": "disabled"})
     assert refused.returncode != 0  # no token, no job
 
-    submitted = run([ray, "job", "submit", "--address", address, "--working-dir", ".", *job],
-                    env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    for _ in range(6):  # right after `ray start` the head's job agent may not be up yet: Ray says retry
+        submitted = run([ray, "job", "submit", "--address", address, "--working-dir", ".", *job],
+                        env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+        if "No available agent to submit job" not in submitted.stderr:
+            break
+        time.sleep(5)
     assert submitted.returncode == 0 and "succeeded" in submitted.stdout + submitted.stderr, \
         submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "best trial per target" in submitted.stdout

@@ -1,0 +1,107 @@
+"""`raypipe pipeline run`: data -> split -> cache -> tune every target -> promote -> report.
+
+Stages are idempotent. Each finished stage is recorded in ``<run_dir>/pipeline/<experiment>.json`` with
+the hash of its inputs (config, data and split hashes, search-space hashes, the previous stage's hash).
+Re-running skips a stage whose inputs are unchanged and re-runs one whose inputs changed; a tune stage
+that started but never finished (a crash) is resumed with ``Tuner.restore`` instead of restarted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from raypipe import fsio
+from raypipe.config import Preset, to_dict
+from raypipe.tracking.runs import tracking_uri
+
+
+@dataclass
+class StageRecord:
+    path: Path
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path) -> StageRecord:
+        return cls(path, json.loads(path.read_text()) if path.exists() else {})
+
+    def done(self, stage: str, key: str) -> bool:
+        entry = self.stages.get(stage, {})
+        return entry.get("inputs") == key and entry.get("finished", False)
+
+    def started(self, stage: str, key: str) -> bool:
+        return self.stages.get(stage, {}).get("inputs") == key
+
+    def mark(self, stage: str, key: str, finished: bool, **extra: Any) -> None:
+        self.stages[stage] = {"inputs": key, "finished": finished, **extra}
+        fsio.write_text(self.path, json.dumps(self.stages, indent=2))  # atomic: a crash keeps the old record
+
+
+def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, source: str = "auto",
+                 say: Callable[[str], None] = print, on_tick=None) -> dict[str, Any]:
+    from raypipe import report
+    from raypipe.ship.promote import promote
+    from raypipe.tune import study as studies
+
+    run_dir = Path(run_dir)
+    record = StageRecord.open(run_dir / "pipeline" / f"{experiment}.json")
+
+    # 1-3. check, split, cache: `plan` validates the data, makes or loads the split and the image caches
+    # (each already keyed by content, so this is cheap when nothing changed) and checks the spaces.
+    options = studies.TuneOptions(trials=preset.tune.trials, max_concurrent=preset.tune.max_concurrent)
+    planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
+                           experiment, options, source)
+    tune_inputs = {"train": to_dict(preset.train), "tune": to_dict(preset.tune),
+                   "targets": {s.target.name: [s.space.sha256, s.data_hash, s.split_hash] for s in planned}}
+    tune_key = fsio.sha256_bytes(json.dumps(tune_inputs, sort_keys=True, default=str).encode())
+    say(f"prepare: {len(planned)} targets, data {planned[0].data_hash[:12]}, split {planned[0].split_hash[:12]}")
+
+    # 4. tune
+    if record.done("tune", tune_key):
+        say("tune: unchanged, skipped")
+    else:
+        resume = record.started("tune", tune_key)  # started with these inputs and never finished: a crash
+        if resume:
+            options.resume = True
+            planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
+                                   experiment, options, source)
+        record.mark("tune", tune_key, finished=False)
+        outcomes = studies.run(planned, options, run_dir, on_tick=on_tick)
+        record.mark("tune", tune_key, finished=True, targets=[o.target for o in outcomes if o.best_trial])
+        say(f"tune: {'resumed and ' if resume else ''}finished {len(outcomes)} studies")
+
+    # 5. promote
+    targets = record.stages["tune"].get("targets", [])
+    promote_key = fsio.sha256_bytes(f"{tune_key}:{json.dumps(to_dict(preset.promote), sort_keys=True)}".encode())
+    if record.done("promote", promote_key):
+        say("promote: unchanged, skipped")
+    else:
+        record.mark("promote", promote_key, finished=False)
+        results = {}
+        for target in targets:
+            p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap)
+            results[target] = {"model": p.model_name, "version": p.version, "alias": p.alias, "reason": p.reason}
+            say(f"promote: {p.model_name} v{p.version} test {p.metric} {p.value:.3f} -> {p.alias}")
+        record.mark("promote", promote_key, finished=True, results=results)
+
+    # 6. report
+    out = run_dir / "reports" / f"{experiment}.html"
+    report_key = fsio.sha256_bytes(promote_key.encode())
+    if record.done("report", report_key) and out.exists():
+        say(f"report: unchanged, skipped ({out})")
+    else:
+        client = MlflowClient(tracking_uri(run_dir))
+        report.build(client, experiment, out)
+        run = client.create_run(client.get_experiment_by_name(experiment).experiment_id, run_name="pipeline report",
+                                tags={"raypipe.kind": "pipeline", "mlflow.source.name": "raypipe pipeline run"})
+        client.log_artifact(run.info.run_id, str(out))
+        client.log_dict(run.info.run_id, record.stages, "stages.json")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        record.mark("report", report_key, finished=True, path=str(out))
+        say(f"report: {out}")
+    return record.stages

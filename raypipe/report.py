@@ -1,0 +1,127 @@
+"""One self-contained HTML page (images inlined) of an experiment's shipped models and their tuning.
+
+Read back from MLflow, so it can be rebuilt at any time: per target, the latest promotion's test table
+with 95% CIs, ROC / PR curves and reliability diagram (binary) or confusion matrix (age), and the
+tuning summary of the study it came from (best params, trials finished / pruned / failed, Optuna's
+parameter importance plot).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from raypipe import fsio
+from raypipe.errors import InputError
+from raypipe.tracking import plots
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:32%;margin:.2em}
+h2{border-bottom:2px solid #ddd;padding-bottom:.2em}.note{color:#666;font-size:.9em}"""
+
+
+def _img(path: Path | None) -> str:
+    if path is None or not Path(path).is_file():
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def build(client: MlflowClient, experiment: str, out: Path) -> Path:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise InputError(f"experiment {experiment}", "not found in MLflow")
+    promotions = client.search_runs([exp.experiment_id], "tags.`raypipe.kind` = 'promote' and "
+                                    "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    latest: dict[str, object] = {}
+    for run in promotions:
+        latest.setdefault(run.data.tags["raypipe.target"], run)
+    if not latest:
+        raise InputError(f"experiment {experiment}", "has no finished promotion to report on")
+    rows, sections = [], []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for target in sorted(latest):
+            run = latest[target]
+            run_id = run.info.run_id
+            folder = tmp / target.replace("/", "-")
+            folder.mkdir()
+            evaluation = json.loads(Path(client.download_artifacts(run_id, "test_evaluation.json", str(folder)))
+                                    .read_text())
+            with np.load(client.download_artifacts(run_id, "test_predictions.npz", str(folder))) as preds:
+                y, scores = preds["y"], preds["scores"]
+            metrics, ci = evaluation["metrics"], evaluation["ci95"]
+            main = "auroc" if "auroc" in metrics else "macro_f1"
+            rows.append(
+                f"<tr><td>{html.escape(target)}</td><td>{run.data.tags.get('raypipe.alias', '-')}</td>"
+                f"<td>{evaluation['n_images']} / {evaluation['n_patients']}</td>"
+                + "".join(f"<td>{_fmt(metrics.get(k))}<br><span class=note>{_ci(ci.get(k))}</span></td>"
+                          for k in ("auroc", "auprc", "sensitivity", "specificity", "f1", "macro_f1"))
+                + f"<td>{_fmt(metrics.get('ece'))}</td></tr>")
+            pictures = []
+            if main == "auroc":
+                pictures += [plots.roc_png(y, scores, folder / "roc.png", f"{target} test ROC", evaluation["threshold"]),
+                             plots.pr_png(y, scores, folder / "pr.png", f"{target} test PR"),
+                             plots.reliability_png(evaluation["calibration"]["bins"], evaluation["calibration"]["ece"],
+                                                   folder / "reliability.png", f"{target} calibration")]
+            else:
+                names = evaluation.get("class_names") or [str(i) for i in range(len(evaluation["confusion_matrix"]))]
+                pictures.append(plots.confusion_png(np.asarray(evaluation["confusion_matrix"]), names,
+                                                    folder / "confusion.png", f"{target} test confusion"))
+            sections.append(f"<h2>{html.escape(target)}</h2><p class=note>{html.escape(run.data.tags.get('raypipe.reason', ''))}"
+                            f"</p>{''.join(_img(p) for p in pictures)}{_tuning(client, exp.experiment_id, run, folder)}")
+    header = ("<tr><th>target</th><th>alias</th><th>images / patients</th><th>AUROC</th><th>AUPRC</th>"
+              "<th>sensitivity</th><th>specificity</th><th>F1</th><th>macro-F1</th><th>ECE</th></tr>")
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>raypipe report: {html.escape(experiment)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>raypipe report: {html.escape(experiment)}</h1>"
+            f"<p class=note>Fixed, patient-disjoint test set; 95% CIs by patient-level bootstrap; binary decisions "
+            f"at each model's validation Youden threshold. Built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
+            f"<table>{header}{''.join(rows)}</table>{''.join(sections)}</body></html>")
+    fsio.write_text(out, page)
+    return out
+
+
+def _param(text: str) -> str:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if value.is_integer() else f"{value:.4g}"
+
+
+def _ci(pair) -> str:
+    return "" if not pair else f"({_fmt(pair[0])}-{_fmt(pair[1])})"
+
+
+def _tuning(client: MlflowClient, exp_id: str, promote_run, folder: Path) -> str:
+    study = client.search_runs([exp_id], f"tags.`raypipe.kind` = 'study' and tags.`raypipe.study` = "
+                               f"'{promote_run.data.tags.get('raypipe.study', '')}'", max_results=1)
+    if not study:
+        return ""
+    run = study[0]
+    params = {k.removeprefix("best."): v for k, v in run.data.tags.items() if k.startswith("best.")}
+    m = run.data.metrics
+    counts = (f"{int(m.get('trials_finished', 0))} finished, {int(m.get('trials_pruned', 0))} pruned by ASHA, "
+              f"{int(m.get('trials_failed', 0))} failed")
+    plot = None
+    try:
+        plot = Path(client.download_artifacts(run.info.run_id, "study_plots/param_importances.png", str(folder)))
+    except Exception:  # noqa: BLE001 - importance needs two finished trials; the page says so
+        pass
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_param(v))}</td></tr>"
+                    for k, v in sorted(params.items()))
+    return (f"<h3>Tuning ({html.escape(run.data.tags.get('raypipe.study', ''))})</h3><p>{counts}; best "
+            f"{html.escape(run.data.tags.get('raypipe.monitor', ''))} {_fmt(m.get('best_' + run.data.tags.get('raypipe.monitor', ''), float('nan')))}"
+            f"</p><table><tr><th>parameter</th><th>best value</th></tr>{table}</table>{_img(plot)}")
