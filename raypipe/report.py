@@ -81,7 +81,8 @@ def build(client: MlflowClient, experiment: str, out: Path) -> Path:
                 pictures.append(plots.confusion_png(np.asarray(evaluation["confusion_matrix"]), names,
                                                     folder / "confusion.png", f"{target} test confusion"))
             sections.append(f"<h2>{html.escape(target)}</h2><p class=note>{html.escape(run.data.tags.get('raypipe.reason', ''))}"
-                            f"</p>{''.join(_img(p) for p in pictures)}{_tuning(client, exp.experiment_id, run, folder)}")
+                            f"</p>{''.join(_img(p) for p in pictures)}{_subgroups(evaluation, main)}"
+                            f"{_tuning(client, exp.experiment_id, run, folder)}")
     header = ("<tr><th>target</th><th>alias</th><th>images / patients</th><th>AUROC</th><th>AUPRC</th>"
               "<th>sensitivity</th><th>specificity</th><th>F1</th><th>macro-F1</th><th>ECE</th></tr>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>raypipe report: {html.escape(experiment)}</title>"
@@ -91,6 +92,19 @@ def build(client: MlflowClient, experiment: str, out: Path) -> Path:
             f"<table>{header}{''.join(rows)}</table>{''.join(sections)}</body></html>")
     fsio.write_text(out, page)
     return out
+
+
+def _subgroups(evaluation: dict, main: str) -> str:
+    """One table per subgroup kind; groups too small (or one-class) show their count only."""
+    out = []
+    for kind, groups in evaluation.get("subgroups", {}).items():
+        cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{row['n']}</td><td>{_fmt(row.get(main))}</td>"
+                        f"<td>{_fmt(row.get('sensitivity'))}</td><td>{_fmt(row.get('specificity'))}</td></tr>"
+                        for name, row in groups.items())
+        title = {"age_bin": "age (1-year bins)", "sex": "sex"}.get(kind, kind)
+        out.append(f"<h3>Test set by {html.escape(title)}</h3><table><tr><th>group</th><th>images</th>"
+                   f"<th>{main}</th><th>sensitivity</th><th>specificity</th></tr>{cells}</table>")
+    return "".join(out)
 
 
 def _param(text: str) -> str:

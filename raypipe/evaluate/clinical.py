@@ -67,9 +67,27 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
     return {"ece": float(ece), "bins": rows}
 
 
+def subgroups(y: np.ndarray, scores: np.ndarray, labels: np.ndarray, n_classes: int, threshold: float = 0.5,
+              min_images: int = 8) -> dict[str, dict[str, float]]:
+    """The same point metrics per subgroup (one-year age bin, sex), where a group has ``min_images``
+    and, for binary models, both classes; smaller groups are listed with their count only."""
+    out: dict[str, dict[str, float]] = {}
+    for group in sorted(set(labels.tolist()), key=str):
+        mask = labels == group
+        row: dict[str, float] = {"n": int(mask.sum())}
+        usable = mask.sum() >= min_images and (n_classes != 2 or len(np.unique(y[mask])) == 2)
+        if usable:
+            row |= {k: float(v) for k, v in point_metrics(y[mask], scores[mask], n_classes, threshold).items()
+                    if k != "threshold"}
+        out[str(group)] = row
+    return out
+
+
 def evaluate_test(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_classes: int,
-                  threshold: float = 0.5, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Point metrics, CIs, confusion matrix and (binary) calibration of one model on the test set."""
+                  threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
+                  groups: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Point metrics, CIs, confusion matrix, (binary) calibration and ``groups`` subgroup metrics
+    (e.g. ``{"age_bin": ..., "sex": ...}``) of one model on the test set."""
     metrics = point_metrics(y, scores, n_classes, threshold)
     result: dict[str, Any] = {
         "n_images": int(len(y)), "n_patients": int(len(np.unique(patients))), "threshold": float(threshold),
@@ -80,4 +98,6 @@ def evaluate_test(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_cla
     if n_classes == 2:
         result["calibration"] = calibration(y, scores)
         result["metrics"]["ece"] = result["calibration"]["ece"]
+    result["subgroups"] = {name: subgroups(y, scores, np.asarray(labels), n_classes, threshold)
+                           for name, labels in (groups or {}).items()}
     return result

@@ -112,7 +112,11 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     if len(test_rows) == 0:
         raise InputError(f"target {target.name}", "no images in the fixed test set")
     test_frame = prepared.manifest[(prepared.splits["split"] == "test").to_numpy()]
-    patients = target.select(test_frame, prepared.scheme)[0]["patient_id"].to_numpy()  # grouping only
+    test_rows_frame = target.select(test_frame, prepared.scheme)[0]
+    patients = test_rows_frame["patient_id"].to_numpy()  # grouping only: never logged
+    # Subgroups reported like a clinical study: one-year age bins and sex (aggregates only).
+    subgroup_labels = {"age_bin": np.floor(test_rows_frame["age"].to_numpy(dtype=float)).astype(int),
+                       "sex": test_rows_frame["sex"].astype(str).to_numpy()}
 
     run = client.create_run(exp_id, run_name=f"promote {target.name}", tags={
         "raypipe.kind": "promote", "raypipe.target": target.name, "raypipe.study": best["study"],
@@ -125,7 +129,8 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         result = launch.fit(job, out_dir, run_dir / "ray", name=f"promote-{run_id}", keep="last")
         scores = _predict(result.checkpoint, job.cache, test_rows, job.n_classes)
         threshold = float(best["threshold"]) if job.n_classes == 2 else 0.5
-        report = evaluate_test(test_y, scores, patients, job.n_classes, threshold, n_boot=n_boot, seed=cfg.seed)
+        report = evaluate_test(test_y, scores, patients, job.n_classes, threshold, n_boot=n_boot, seed=cfg.seed,
+                               groups=subgroup_labels)
         metric = best["monitor"].removeprefix("val_")
         report["class_names"] = job.class_names
         client.log_dict(run_id, report, "test_evaluation.json")

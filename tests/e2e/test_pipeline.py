@@ -28,6 +28,7 @@ def test_pipeline_runs_then_skips_unchanged_stages(synth_data, tmp_path):
 
     page = (run_dir / "reports" / "tiny.html").read_text()
     assert page.count("data:image/png;base64,") >= 4  # ROC, PR, reliability, confusion: inlined
+    assert "Test set by age (1-year bins)" in page and "Test set by sex" in page
     assert "fracture" in page and "age" in page and "Tuning" in page
     assert not re.search(r"src=\"(?!data:)", page)  # self-contained: no external images
 

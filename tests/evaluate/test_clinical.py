@@ -55,3 +55,14 @@ def test_multiclass_has_accuracy_macro_f1_and_confusion():
     result = evaluate_test(y, probs, np.arange(200) // 2, n_classes=4, n_boot=200)
     assert set(result["ci95"]) == {"accuracy", "macro_f1"}
     assert np.asarray(result["confusion_matrix"]).sum() == 200 and "calibration" not in result
+
+
+def test_subgroups_report_each_group_and_only_counts_for_small_or_one_class_groups():
+    y, p, patients = scored(100)
+    age_bin = np.repeat(np.arange(100) % 3, 2)  # three groups of ~66 images
+    age_bin[:2] = 9  # one patient alone in bin 9: too small to score
+    result = evaluate_test(y, p, patients, 2, 0.5, n_boot=50, groups={"age_bin": age_bin})
+    groups = result["subgroups"]["age_bin"]
+    assert set(groups) == {"0", "1", "2", "9"} and sum(g["n"] for g in groups.values()) == 200
+    assert groups["9"] == {"n": 2}
+    assert all(0 <= groups[k]["auroc"] <= 1 for k in "012")
