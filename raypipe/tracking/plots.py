@@ -23,10 +23,7 @@ def confusion_png(cm: np.ndarray, class_names: list[str], path: Path, title: str
     peak = cm.max() if cm.size else 0
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > peak / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def roc_png(y: np.ndarray, p: np.ndarray, path: Path, title: str, threshold: float | None = None) -> Path | None:
@@ -44,10 +41,7 @@ def roc_png(y: np.ndarray, p: np.ndarray, path: Path, title: str, threshold: flo
     ax.set_ylabel("sensitivity")
     ax.set_title(title)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pr_png(y: np.ndarray, p: np.ndarray, path: Path, title: str) -> Path | None:
@@ -64,10 +58,7 @@ def pr_png(y: np.ndarray, p: np.ndarray, path: Path, title: str) -> Path | None:
     ax.set_ylabel("precision (PPV)")
     ax.set_title(title)
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def reliability_png(bins: list[dict], ece: float, path: Path, title: str) -> Path:
@@ -83,6 +74,10 @@ def reliability_png(bins: list[dict], ece: float, path: Path, title: str) -> Pat
     ax.set_ylabel("observed fracture rate")
     ax.set_title(title)
     ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
