@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -47,6 +46,7 @@ from raypipe.tracking.runs import experiment_id, flat_params, git_sha, tracking_
 from raypipe.tracking.study_runs import StudyLogger, find_or_create_parent
 from raypipe.train.job import check_choices, make_job
 from raypipe.train.loop import TrainJob
+from raypipe.tune import optuna_store
 from raypipe.tune.spaces import SearchSpace, load_space
 from raypipe.tune.state import StudyState, trial_number
 from raypipe.tune.trial import ReleaseTrainWorkers, run_trial
@@ -381,7 +381,7 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
     state, monitor, run_id = study.state, study.job.monitor, study.state.parent_run_id
     trials = _tune_trials(study)
     logger.reconcile(trials)
-    _close_stale_optuna_trials(study)
+    optuna_store.close_stale_trials(study)
     best_value, best = -math.inf, None
     for trial in trials:
         value = float(trial.metric_analysis.get(monitor, {}).get("max", math.nan))
@@ -403,7 +403,7 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
                                  "run_id": best_run_id, "params": best_params,
                                  "config": to_dict(dataclasses.replace(study.cfg, **best_params))}, "best_trial.json")
     client.log_batch(run_id, metrics=metrics)
-    _log_study_plots(client, run_id, study)
+    optuna_store.log_study_plots(client, run_id, study)
     client.set_terminated(run_id, "FINISHED" if best else "FAILED")
     state.ended = time.monotonic()
     return StudyOutcome(study.target.name, monitor, run_id, best_value,
@@ -417,57 +417,3 @@ def _tune_trials(study: Study) -> list:
     from ray.tune import ExperimentAnalysis
 
     return ExperimentAnalysis(str(study.path.resolve())).trials
-
-
-def optuna_study(study: Study):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve())))
-    return optuna.load_study(study_name=study.optuna_name, storage=storage)
-
-
-def _close_stale_optuna_trials(study: Study) -> int:
-    """Trials Optuna handed out that no Tune trial finished (the driver died after asking): FAIL.
-
-    Called when every Tune trial of the round has ended, so nothing of this study is still running.
-    """
-    import optuna
-
-    ostudy = optuna_study(study)
-    stale = [t for t in ostudy.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
-    for trial in stale:
-        ostudy.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    return len(stale)
-
-
-def _log_study_plots(client: MlflowClient, run_id: str, study: Study) -> None:
-    """Optuna's optimization history, parameter importance and parallel coordinates as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    ostudy = optuna_study(study)
-    complete = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {"optimization_history": ovm.plot_optimization_history, "parallel_coordinate": ovm.plot_parallel_coordinate}
-    if len(complete) >= 2:
-        plots["param_importances"] = ovm.plot_param_importances
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
-        for name, draw in plots.items():
-            try:
-                ax = draw(ostudy)
-            except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. one distinct value only
-                client.set_tag(run_id, f"raypipe.plot.{name}", f"skipped: {exc}"[:250])
-                continue
-            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-            fig.set_size_inches(9, 5)
-            fig.tight_layout()
-            out = Path(tmp) / f"{name}.png"
-            fig.savefig(out, dpi=110)
-            plt.close(fig)
-            client.log_artifact(run_id, str(out), "study_plots")
