@@ -11,7 +11,7 @@ RAY_DASHBOARD_PORT ?= 8265
 RAY_HEAD_DIR = $(abspath $(RUN_DIR))/ray-head
 RAY_TOKEN = $(RAY_HEAD_DIR)/auth_token
 
-.PHONY: install test test-unit test-e2e tune demo ray-up ray-down lint mlflow-ui clean
+.PHONY: install test test-unit test-e2e tune demo ray-up ray-down cluster-up cluster-down lint mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (see README)"; exit 1; }
@@ -56,6 +56,28 @@ ray-up: install
 
 ray-down:
 	$(VENV)/bin/ray stop --force
+
+# A Ray cluster in Docker on this host: head, GPU workers, MLflow on PostgreSQL + MinIO (cluster/README.md).
+# `make cluster-up WORKERS=2` = two workers with one GPU each; VARIANT=cpu for a host without GPUs.
+# Missing secrets are generated (docker/secrets/, mode 600); containers run as your uid to read them.
+COMPOSE = docker compose -f docker/compose.yaml
+WORKERS ?= 1
+VARIANT ?= gpu
+CLUSTER_UID = $(shell [ "$$(id -u)" = 0 ] && echo 1000 || id -u)
+CLUSTER_GID = $(shell [ "$$(id -u)" = 0 ] && echo 1000 || id -g)
+
+cluster-up:
+	@docker/make-secrets.sh docker/secrets $(CLUSTER_UID):$(CLUSTER_GID)
+	RAYPIPE_UID=$(CLUSTER_UID) RAYPIPE_GID=$(CLUSTER_GID) RAYPIPE_VARIANT=$(VARIANT) $(COMPOSE) \
+	  $(if $(filter cpu,$(VARIANT)),--profile cpu) up -d --build --wait \
+	  $(if $(filter cpu,$(VARIANT)),--scale ray-worker=0 --scale ray-worker-cpu=$(WORKERS),--scale ray-worker=$(WORKERS))
+	@echo "Ray dashboard http://127.0.0.1:8265, MLflow http://127.0.0.1:5000. Submit a study:"
+	@echo "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(abspath docker/secrets/ray_token)"
+	@echo "  $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m raypipe tune --preset demo --storage /shared/runs"
+
+# Stops and removes the containers; the volumes (runs, MLflow database, artifacts) stay.
+cluster-down:
+	$(COMPOSE) --profile cpu down
 
 lint: install
 	$(VENV)/bin/ruff check raypipe tests benchmarks
