@@ -11,7 +11,7 @@ RAY_DASHBOARD_PORT ?= 8265
 RAY_HEAD_DIR = $(abspath $(RUN_DIR))/ray-head
 RAY_TOKEN = $(RAY_HEAD_DIR)/auth_token
 
-.PHONY: install test test-unit test-e2e tune demo ray-up ray-down cluster-up cluster-down lint mlflow-ui clean
+.PHONY: install test test-unit test-e2e tune demo ray-up ray-down cluster-up cluster-down lint bench mlflow-ui clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (see README)"; exit 1; }
@@ -43,10 +43,12 @@ demo: install
 	$(VENV)/bin/raypipe pipeline run --preset demo --run-dir $(RUN_DIR)
 
 # Jobs run `python` from the head's PATH: the venv goes first so they find raypipe's dependencies.
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: without it Ray rewrites 127.0.0.1 to the host's address and its
+# GCS, raylet and agents listen on every interface (tests/e2e/test_security.py checks they do not).
 ray-up: install
 	@mkdir -p $(RAY_HEAD_DIR) && chmod 700 $(RAY_HEAD_DIR)
 	@test -s $(RAY_TOKEN) || (umask 077 && $(PY) -c "import secrets; print(secrets.token_hex(32))" > $(RAY_TOKEN))
-	PATH=$(abspath $(VENV))/bin:$$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN) \
+	PATH=$(abspath $(VENV))/bin:$$PATH RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN) \
 	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) \
 	  --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) --disable-usage-stats >/dev/null
 	@echo "Ray head on 127.0.0.1:$(RAY_PORT), dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT), token $(RAY_TOKEN)"
@@ -81,6 +83,17 @@ cluster-down:
 
 lint: install
 	$(VENV)/bin/ruff check raypipe tests benchmarks
+
+# Benchmarks 1-3 of benchmarks/README.md (~20 min on 2 CPU cores), each in a temporary run dir; the JSON
+# of each lands in $(RUN_DIR)/bench/ and is printed. BENCH_SEEDS=3 gives the full search-quality figure.
+BENCH_SEEDS ?= 1
+bench: install
+	@mkdir -p $(RUN_DIR)/bench
+	$(PY) benchmarks/input_pipeline.py > $(RUN_DIR)/bench/input_pipeline.json && cat $(RUN_DIR)/bench/input_pipeline.json
+	$(PY) benchmarks/trial_overhead.py --w2-trials 4 > $(RUN_DIR)/bench/trial_overhead.json \
+	  && cat $(RUN_DIR)/bench/trial_overhead.json
+	$(PY) benchmarks/search_quality.py --seeds $(BENCH_SEEDS) > $(RUN_DIR)/bench/search_quality.json \
+	  && cat $(RUN_DIR)/bench/search_quality.json
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db --host 127.0.0.1 --port 5000

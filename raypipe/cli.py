@@ -24,6 +24,9 @@ app.add_typer(pipeline_app, name="pipeline")
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Where manifests, caches, checkpoints and the "
                                       "embedded MLflow store live.", envvar="RAYPIPE_RUN_DIR")]
 Source = Annotated[str, typer.Option("--source", help="auto | grazpedwri | mura | csv")]
+StorageOpt = Annotated[str | None, typer.Option(
+    "--storage", envvar="RAYPIPE_STORAGE", help="Ray storage for Tune experiments and checkpoints: a directory "
+    "(shared by every node on a cluster) or s3://bucket/prefix. Default: the run dir.")]
 DEFAULT_RUN_DIR = Path("runs")
 
 
@@ -61,6 +64,7 @@ def data_split(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "
     from raypipe.data.splits import SplitParams
 
     _scheme(age_scheme)
+    _check_options(test_per_class=test_per_class, val_fraction=val_fraction, seed=seed)
     manifest, data_hash, workdir = load_manifest(data, run_dir, source)
     params = SplitParams(test_per_class, val_fraction, include_metal, seed, age_scheme)
     splits, split_hash, path = make_or_load_splits(manifest, data_hash, workdir, params)
@@ -74,11 +78,13 @@ def data_cache(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "
                masking: str = "fill") -> None:
     """Decode every image once into a memory-mapped cache for this size and masking."""
     from raypipe.data.cache import ImageCache
-    from raypipe.data.prepare import load_manifest
+    from raypipe.data.prepare import load_manifest, save_manifest
 
-    manifest, data_hash, _ = load_manifest(data, run_dir, source)
+    _check_options(image_size=size, masking=masking)
+    manifest, data_hash, workdir = load_manifest(data, run_dir, source, save=False)
     with progress_bar("decoding images") as progress:
         cache = ImageCache.build_or_open(manifest, data_hash, size, masking, run_dir / "cache", progress=progress)
+    save_manifest(manifest, workdir)  # only once every image decoded: bad input leaves nothing behind
     console.print(f"{len(cache)} images cached at {size}px ({'built' if cache.built else 'already cached'})")
 
 
@@ -117,13 +123,14 @@ def train(
     source: Source = "auto",
 ) -> None:
     """Train one target and record it as an MLflow run."""
-    from raypipe.train.job import train_target
-
     overrides = _overrides(set_) | {k: v for k, v in {"workers": workers, "epochs": epochs}.items() if v is not None}
     base, data, target, _ = _resolve_inputs(preset, config, data, target)
     cfg = from_dict(TrainConfig, {**to_dict(base), **overrides}, f"preset {preset}" if preset else config or "--set")
     if data is None or target is None:
         raise InputError("command line", "--data and --target are required (or --preset)")
+
+    from raypipe.train.job import train_target  # torch, timm, Ray, MLflow: only once the config is good
+
     with progress_bar("decoding images into the cache") as progress:
         outcome = train_target(data, target, cfg, run_dir, experiment, source, progress)
     table = Table(title=f"{outcome.target}: best epoch {outcome.best_epoch} of {outcome.epochs_run}")
@@ -133,7 +140,9 @@ def train(
         table.add_row(key, f"{value:.4f}")
     console.print(table)
     console.print(f"MLflow run {outcome.run_id} in experiment '{experiment}' ({outcome.tracking_uri})")
-    console.print(f"open the UI: mlflow ui --backend-store-uri {outcome.tracking_uri} --host 127.0.0.1")
+    from raypipe.tracking.runs import ui_hint
+
+    console.print(ui_hint(outcome.tracking_uri))
 
 
 @app.command("tune")
@@ -158,13 +167,13 @@ def tune(
     resume: Annotated[bool, typer.Option(help="Continue the latest study of each target.")] = False,
     verbose: Annotated[bool, typer.Option(help="Ray Tune's own per-trial output.")] = False,
     run_dir: RunDir = DEFAULT_RUN_DIR,
+    storage: StorageOpt = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the preset or "
                                                    "config name).")] = None,
     source: Source = "auto",
 ) -> None:
     """Tune one study per target (Optuna TPE + ASHA on Ray Tune); every trial is an MLflow child run."""
-    from raypipe.tune import study as studies_mod
-    from raypipe.tune.progress import ProgressBoard
+    from raypipe.tune.spaces import read_space
 
     base, data, _, chosen = _resolve_inputs(preset, config, data, None)
     if data is None:
@@ -172,16 +181,24 @@ def tune(
     plan_defaults = chosen.tune if chosen else None
     targets = ["all"] if all_targets else (target or (plan_defaults.targets if plan_defaults else ["all"]))
     overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
+    # Cheap checks first: a bad space or --set fails in a second, before Ray, MLflow and torch load.
+    from_dict(TrainConfig, {**to_dict(base), **overrides}, "--set")
+    if space or (plan_defaults and plan_defaults.space):
+        read_space(space or plan_defaults.space)
+
+    from raypipe.tune import study as studies_mod
+    from raypipe.tune.progress import ProgressBoard
+
     options = studies_mod.TuneOptions(
         trials=trials or (plan_defaults.trials if plan_defaults else 8), workers_per_trial=workers_per_trial,
         gpus_per_trial=gpus_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent or (plan_defaults.max_concurrent if plan_defaults else None),
-        seed=seed, resume=resume, verbose=verbose)
+        seed=seed, resume=resume, verbose=verbose, storage=storage)
     experiment = experiment or preset or (config.stem if config else "raypipe")
     space = space or (plan_defaults.space if plan_defaults else None)
     with progress_bar("decoding images into the cache") as progress:
         planned = studies_mod.plan(data, list(targets), space, base, overrides, run_dir, experiment, options,
-                                   source, progress)
+                                   source, progress, per_target=plan_defaults.per_target if plan_defaults else None)
     console.print(f"{'resuming' if resume else 'tuning'} {len(planned)} target(s), {options.trials} trials each: "
                   + ", ".join(s.target.name for s in planned))
     with ProgressBoard(console) as board:
@@ -197,9 +214,9 @@ def tune(
     for o in outcomes:
         params = ", ".join(f"{k}={_short(v)}" for k, v in o.best_params.items())
         console.print(f"{o.target} best: {params or '-'}", soft_wrap=True)
-    from raypipe.tracking.runs import tracking_uri
+    from raypipe.tracking.runs import tracking_uri, ui_hint
 
-    console.print(f"open the MLflow UI: mlflow ui --backend-store-uri {tracking_uri(run_dir)} --host 127.0.0.1")
+    console.print(ui_hint(tracking_uri(run_dir)))
     console.print(f"Optuna studies: optuna-dashboard {planned[0].optuna_storage}")
     failed = [o.target for o in outcomes if o.best_trial is None]
     if failed:
@@ -297,23 +314,25 @@ def pipeline_run(
     config: Annotated[Path | None, typer.Option(help="... or a pipeline YAML (the preset format).")] = None,
     data: Data = None,
     run_dir: RunDir = DEFAULT_RUN_DIR,
+    storage: StorageOpt = None,
     source: Source = "auto",
 ) -> None:
     """Check, split, cache, tune every target, promote the winners, write the report; unchanged stages skip."""
-    from raypipe.pipeline import run_pipeline
-    from raypipe.tune.progress import ProgressBoard
-
     if (preset is None) == (config is None):
         raise InputError("command line", "give exactly one of --preset or --config")
     name = preset or str(config)
-    chosen = load_preset(name)
+    chosen = load_preset(name)  # strict: a bad config fails here, before MLflow and Ray even load
+
+    from raypipe.pipeline import run_pipeline
+    from raypipe.tune.progress import ProgressBoard
+
     data = data or Path(chosen.data)
     if not data.exists():
         data_synth(data, **chosen.synth)
     experiment = preset or Path(name).stem
     with ProgressBoard(console) as board:
         run_pipeline(chosen, experiment, data, run_dir, source, say=lambda line: console.print(line, markup=False),
-                     on_tick=board.update)
+                     on_tick=board.update, storage=storage)
 
 
 @app.command("report")
@@ -343,6 +362,15 @@ def _overrides(items: list[str] | None) -> dict:
             raise InputError("--set", f"expected key=value, got {item!r}", field=item)
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+def _check_options(**values) -> None:
+    """Command-line values get the same range checks as the same keys in a config file."""
+    from raypipe.config import check_value
+
+    for key, value in values.items():
+        if (why := check_value(key, value)) is not None:
+            raise InputError(f"--{'size' if key == 'image_size' else key.replace('_', '-')}", why)
 
 
 def _scheme(spec: str):

@@ -8,6 +8,7 @@ The resolved config of every run is written beside its outputs and into MLflow.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,10 +67,13 @@ class TrainConfig:
 class TunePlan:
     """What ``raypipe tune`` searches when the command line does not say."""
 
-    targets: list = field(default_factory=lambda: ["all"])  # target specs, or ["all"]
+    targets: list[str] = field(default_factory=lambda: ["all"])  # target specs, or ["all"]
     trials: int = 8  # per target
     space: str | None = None  # a file for every target; None = search_spaces/<age|fracture>.yaml
     max_concurrent: int | None = None  # trials per study at once; None = what the cluster's CPUs allow
+    # target spec prefix -> {train: {TrainConfig overrides}, space: file}: e.g. `age: {train: {image_size:
+    # 96}}`, `fracture/Lat: {space: lat.yaml}`; the more specific prefix wins (checked in tune/study.py)
+    per_target: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,19 +89,70 @@ class Preset:
     """A packaged pipeline preset: where the data comes from and how to train and tune on it."""
 
     data: str = "runs/demo-data"
-    synth: dict[str, Any] = field(default_factory=dict)  # args of `data synth` when data is absent
+    # args of `data synth` when data is absent; keys and types checked like any other (SYNTH_KEYS)
+    synth: dict[str, Any] = field(default_factory=dict, metadata={"keys": "SYNTH_KEYS"})
     target: str = "fracture/AP"
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TunePlan = field(default_factory=TunePlan)
     promote: PromotePlan = field(default_factory=PromotePlan)
 
 
+SYNTH_KEYS: dict[str, type] = {"patients": int, "seed": int, "height": int, "width": int}
+
+
+def _at_least(low: float) -> tuple:
+    return (lambda v: v >= low, f"must be at least {low:g}")
+
+
+def _between(low: float, high: float, *, high_open: bool = False) -> tuple:
+    if high_open:
+        return (lambda v: low <= v < high, f"must be in [{low:g}, {high:g})")
+    return (lambda v: low <= v <= high, f"must be in [{low:g}, {high:g}]")
+
+
+# Values outside these ranges would fail (or silently misbehave) inside a worker; they are bad input.
+RANGES: dict[str, tuple] = {
+    "image_size": _between(16, 4096), "drop_path": _between(0, 1, high_open=True), "head_hidden": _at_least(1),
+    "head_dropout": _between(0, 1, high_open=True), "focal_alpha": _between(0, 1), "focal_gamma": _at_least(0),
+    "label_smoothing": _between(0, 1, high_open=True), "sampler_power": _between(0, 1),
+    "lr": (lambda v: v > 0, "must be above 0"), "weight_decay": _at_least(0), "batch_size": _at_least(1),
+    "epochs": _at_least(1), "patience": _at_least(1), "grad_clip": _at_least(0), "augment": _between(0, 1),
+    "test_per_class": _at_least(0), "val_fraction": _between(0, 1, high_open=True), "loader_workers": _at_least(0),
+    "workers": _at_least(1), "seed": _between(0, 2**32 - 1), "patients": _at_least(1), "height": _at_least(32),
+    "width": _at_least(32), "trials": _at_least(1), "max_concurrent": _at_least(1), "bootstrap": _at_least(0),
+    "margin": _at_least(0),
+}
+MASKING = ("off", "fill", "blur")
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid setting ``name`` (a TrainConfig, plan or synth key), or None."""
+    if name in RANGES and isinstance(value, int | float) and not isinstance(value, bool):
+        ok, why = RANGES[name]
+        if not math.isfinite(value) or not ok(value):
+            return f"{why}, got {value!r}"
+    if name == "masking" and value not in MASKING:
+        return f"unknown masking {value!r} (known: {', '.join(MASKING)})"
+    if name == "age_scheme" and isinstance(value, str):
+        from raypipe.data.groups import get_scheme
+
+        try:
+            get_scheme(value)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def from_dict(cls: type, raw: Any, origin: str | Path, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys, wrong types and bad values.
+
+    Applies at every nesting level: a nested dataclass field recurses, and a free-form mapping
+    field declares its keys (``metadata={"keys": ...}``), so no key anywhere is silently ignored.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise InputError(origin, f"expected a mapping, got {type(raw).__name__}", field=prefix or None)
+        raise InputError(origin, f"expected a mapping, got {type(raw).__name__}", field=prefix.rstrip(".") or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -106,7 +161,22 @@ def from_dict(cls: type, raw: Any, origin: str | Path, prefix: str = "") -> Any:
         if key not in fields:
             raise InputError(origin, f"unknown key (known: {', '.join(sorted(fields))})", field=name)
         kwargs[key] = _coerce(hints[key], value, origin, name)
+        if keys := fields[key].metadata.get("keys"):
+            kwargs[key] = _keyed(globals()[keys], kwargs[key], origin, name)
+        if (why := check_value(key, kwargs[key])) is not None:
+            raise InputError(origin, why, field=name)
     return cls(**kwargs)
+
+
+def _keyed(schema: dict[str, type], value: dict, origin: str | Path, name: str) -> dict:
+    out = {}
+    for key, item in value.items():
+        if key not in schema:
+            raise InputError(origin, f"unknown key (known: {', '.join(sorted(schema))})", field=f"{name}.{key}")
+        out[key] = _coerce(schema[key], item, origin, f"{name}.{key}")
+        if (why := check_value(key, out[key])) is not None:
+            raise InputError(origin, why, field=f"{name}.{key}")
+    return out
 
 
 def _coerce(hint: Any, value: Any, origin: str | Path, name: str) -> Any:
@@ -121,10 +191,40 @@ def _coerce(hint: Any, value: Any, origin: str | Path, name: str) -> Any:
             return float(value)
         if origin_type is int and isinstance(value, int) and not isinstance(value, bool):
             return value
+        if origin_type is list and isinstance(value, list) and typing.get_args(opt):
+            (item,) = typing.get_args(opt)
+            return [_coerce(item, v, origin, f"{name}[{i}]") for i, v in enumerate(value)]
         if origin_type in (str, bool, dict, list) and isinstance(value, origin_type):
             return value
     expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise InputError(origin, f"expected {expected}, got {value!r}", field=name)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: let PyYAML report it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, origin: str | Path) -> Any:
+    """Safe, strict YAML: no Python objects, no duplicate keys; errors name the file and line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(origin, f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                         row=mark.line + 1 if mark else None) from None
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -132,11 +232,10 @@ def load_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(path, f"invalid YAML: {getattr(exc, 'problem', exc)}",
-                         row=mark.line + 1 if mark else None) from None
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text (byte {exc.start})") from None
+    return parse_yaml(text, path)
 
 
 def load_train_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -149,7 +248,8 @@ def load_preset(name_or_path: str) -> Preset:
     """A packaged preset by name (``demo``) or a preset YAML file."""
     packaged = resources.files("raypipe.presets") / f"{name_or_path}.yaml"
     if packaged.is_file():
-        return from_dict(Preset, yaml.safe_load(packaged.read_text()), f"preset {name_or_path}")
+        origin = f"preset {name_or_path}"
+        return from_dict(Preset, parse_yaml(packaged.read_text(encoding="utf-8"), origin), origin)
     return from_dict(Preset, load_yaml(name_or_path), name_or_path)
 
 

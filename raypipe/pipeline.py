@@ -1,9 +1,11 @@
 """`raypipe pipeline run`: data -> split -> cache -> tune every target -> promote -> report.
 
 Stages are idempotent. Each finished stage is recorded in ``<run_dir>/pipeline/<experiment>.json`` with
-the hash of its inputs (config, data and split hashes, search-space hashes, the previous stage's hash).
+the hash of its inputs (check: the data hash; split: the split hash; cache: data, size and masking;
+tune: config, data and split hashes, search-space hashes; promote and report: the previous stage's key).
 Re-running skips a stage whose inputs are unchanged and re-runs one whose inputs changed; a tune stage
-that started but never finished (a crash) is resumed with ``Tuner.restore`` instead of restarted.
+that started but never finished (a crash) is resumed with ``Tuner.restore`` instead of restarted, and
+an interrupted promote stage keeps the targets it had already promoted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from raypipe import fsio
 from raypipe.config import Preset, to_dict
+from raypipe.data.prepare import prepare
 from raypipe.tracking.runs import tracking_uri
 
 
@@ -43,23 +46,34 @@ class StageRecord:
 
 
 def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, source: str = "auto",
-                 say: Callable[[str], None] = print, on_tick=None) -> dict[str, Any]:
+                 say: Callable[[str], None] = print, on_tick=None, storage: str | None = None) -> dict[str, Any]:
+    """``storage``: Ray's storage for the tune stage (``--storage``; a directory also holds the cache)."""
     from raypipe import report
     from raypipe.ship.promote import promote
+    from raypipe.train.launch import Storage
     from raypipe.tune import study as studies
 
     run_dir = Path(run_dir)
     record = StageRecord.open(run_dir / "pipeline" / f"{experiment}.json")
 
-    # 1-3. check, split, cache: `plan` validates the data, makes or loads the split and the image caches
-    # (each already keyed by content, so this is cheap when nothing changed) and checks the spaces.
-    options = studies.TuneOptions(trials=preset.tune.trials, max_concurrent=preset.tune.max_concurrent)
+    # 1-3. check, split, cache. Each output is keyed by content, so these always run (reading the data
+    # is how a change is noticed) but reuse what exists; the record says what changed since last time.
+    prepared = prepare(data, preset.train, run_dir, source,
+                       cache_root=Storage.resolve(storage, run_dir).cache_root(run_dir))
+    cache = prepared.cache
+    _record_prepared(record, "check", prepared.data_hash,
+                     f"{len(prepared.manifest)} images, data {prepared.data_hash[:12]}", say)
+    _record_prepared(record, "split", prepared.split_hash, f"split {prepared.split_hash[:12]}", say)
+    _record_prepared(record, "cache", f"{prepared.data_hash}:{cache.size}px:{cache.masking}",
+                     f"{'built' if cache.built else 'reused'} {cache.directory}", say)
+
+    options = studies.TuneOptions(trials=preset.tune.trials, max_concurrent=preset.tune.max_concurrent,
+                                  storage=storage)
     planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
-                           experiment, options, source)
+                           experiment, options, source, per_target=preset.tune.per_target)
     tune_inputs = {"train": to_dict(preset.train), "tune": to_dict(preset.tune),
                    "targets": {s.target.name: [s.space.sha256, s.data_hash, s.split_hash] for s in planned}}
     tune_key = fsio.sha256_bytes(json.dumps(tune_inputs, sort_keys=True, default=str).encode())
-    say(f"prepare: {len(planned)} targets, data {planned[0].data_hash[:12]}, split {planned[0].split_hash[:12]}")
 
     # 4. tune
     if record.done("tune", tune_key):
@@ -69,7 +83,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
         if resume:
             options.resume = True
             planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
-                                   experiment, options, source)
+                                   experiment, options, source, per_target=preset.tune.per_target)
         record.mark("tune", tune_key, finished=False)
         outcomes = studies.run(planned, options, run_dir, on_tick=on_tick)
         record.mark("tune", tune_key, finished=True, targets=[o.target for o in outcomes if o.best_trial])
@@ -81,11 +95,16 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
     if record.done("promote", promote_key):
         say("promote: unchanged, skipped")
     else:
-        record.mark("promote", promote_key, finished=False)
-        results = {}
+        # Targets promoted before a crash keep their versions: each is recorded as soon as it is done.
+        results = dict(record.stages["promote"].get("results", {})) if record.started("promote", promote_key) else {}
+        record.mark("promote", promote_key, finished=False, results=results)
         for target in targets:
+            if target in results:
+                say(f"promote: {target} already promoted (v{results[target]['version']}), kept")
+                continue
             p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap)
             results[target] = {"model": p.model_name, "version": p.version, "alias": p.alias, "reason": p.reason}
+            record.mark("promote", promote_key, finished=False, results=results)
             say(f"promote: {p.model_name} v{p.version} test {p.metric} {p.value:.3f} -> {p.alias}")
         record.mark("promote", promote_key, finished=True, results=results)
 
@@ -105,3 +124,13 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
         record.mark("report", report_key, finished=True, path=str(out))
         say(f"report: {out}")
     return record.stages
+
+
+def _record_prepared(record: StageRecord, stage: str, key: str, what: str, say: Callable[[str], None]) -> None:
+    """Record a prepare stage's output key; say whether it differs from the last run's."""
+    if record.done(stage, key):
+        say(f"{stage}: unchanged, skipped ({what})")
+        return
+    before = record.stages.get(stage, {}).get("inputs")
+    record.mark(stage, key, finished=True)
+    say(f"{stage}: {what}" + (" (changed since the last run)" if before else ""))

@@ -1,8 +1,8 @@
 """One self-contained HTML page (images inlined) of an experiment's shipped models and their tuning.
 
 Read back from MLflow, so it can be rebuilt at any time: per target, the latest promotion's test table
-with 95% CIs, ROC / PR curves and reliability diagram (binary) or confusion matrix (age), and the
-tuning summary of the study it came from (best params, trials finished / pruned / failed, Optuna's
+with 95% CIs, ROC / PR curves and reliability diagram (binary) or confusion matrix (age), subgroup
+forest plots and tables, a Grad-CAM gallery of true / false positives / negatives, and the tuning summary of the study it came from (best params, trials finished / pruned / failed, Optuna's
 parameter importance plot).
 """
 
@@ -25,7 +25,10 @@ from raypipe.tracking import plots
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:32%;margin:.2em}
-h2{border-bottom:2px solid #ddd;padding-bottom:.2em}.note{color:#666;font-size:.9em}"""
+h2{border-bottom:2px solid #ddd;padding-bottom:.2em}.note{color:#666;font-size:.9em}
+.pair{display:flex;gap:1em;align-items:flex-start}.pair img{max-width:48%}
+.gallery{display:grid;grid-template-columns:repeat(4,1fr);gap:.8em}.gallery img{max-width:100%}
+figure{margin:0 0 .6em}figcaption{font-size:.8em;color:#444}h4{margin:.2em 0}"""
 
 
 def _img(path: Path | None) -> str:
@@ -81,30 +84,53 @@ def build(client: MlflowClient, experiment: str, out: Path) -> Path:
                 pictures.append(plots.confusion_png(np.asarray(evaluation["confusion_matrix"]), names,
                                                     folder / "confusion.png", f"{target} test confusion"))
             sections.append(f"<h2>{html.escape(target)}</h2><p class=note>{html.escape(run.data.tags.get('raypipe.reason', ''))}"
-                            f"</p>{''.join(_img(p) for p in pictures)}{_subgroups(evaluation, main)}"
+                            f"</p>{''.join(_img(p) for p in pictures)}{_subgroups(evaluation, main, folder, target)}"
+                            f"{_gallery(client, run_id, evaluation, folder)}"
                             f"{_tuning(client, exp.experiment_id, run, folder)}")
     header = ("<tr><th>target</th><th>alias</th><th>images / patients</th><th>AUROC</th><th>AUPRC</th>"
               "<th>sensitivity</th><th>specificity</th><th>F1</th><th>macro-F1</th><th>ECE</th></tr>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>raypipe report: {html.escape(experiment)}</title>"
             f"<style>{STYLE}</style></head><body><h1>raypipe report: {html.escape(experiment)}</h1>"
             f"<p class=note>Fixed, patient-disjoint test set; 95% CIs by patient-level bootstrap; binary decisions "
-            f"at each model's validation Youden threshold. Built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
+            f"at each model's validation operating point (Youden). Built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
             f"<table>{header}{''.join(rows)}</table>{''.join(sections)}</body></html>")
     fsio.write_text(out, page)
     return out
 
 
-def _subgroups(evaluation: dict, main: str) -> str:
-    """One table per subgroup kind; groups too small (or one-class) show their count only."""
+def _subgroups(evaluation: dict, main: str, folder: Path, target: str) -> str:
+    """Per subgroup kind, a forest plot of the main metric with CIs and the table; groups too small (or
+    one-class) show their count only."""
     out = []
     for kind, groups in evaluation.get("subgroups", {}).items():
-        cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{row['n']}</td><td>{_fmt(row.get(main))}</td>"
+        cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{row['n']}</td><td>{_fmt(row.get(main))}<br>"
+                        f"<span class=note>{_ci(row.get('ci95'))}</span></td>"
                         f"<td>{_fmt(row.get('sensitivity'))}</td><td>{_fmt(row.get('specificity'))}</td></tr>"
                         for name, row in groups.items())
         title = {"age_bin": "age (1-year bins)", "sex": "sex"}.get(kind, kind)
-        out.append(f"<h3>Test set by {html.escape(title)}</h3><table><tr><th>group</th><th>images</th>"
-                   f"<th>{main}</th><th>sensitivity</th><th>specificity</th></tr>{cells}</table>")
+        figure = plots.subgroup_png(groups, main, folder / f"subgroups-{kind}.png", f"{target} by {title}",
+                                    evaluation["metrics"].get(main))
+        out.append(f"<h3>Test set by {html.escape(title)}</h3><div class=pair>{_img(figure)}<table><tr><th>group</th>"
+                   f"<th>images</th><th>{main}</th><th>sensitivity</th><th>specificity</th></tr>{cells}</table></div>")
     return "".join(out)
+
+
+def _gallery(client: MlflowClient, run_id: str, evaluation: dict, folder: Path) -> str:
+    """Grad-CAM overlays of the most confident true / false positives / negatives (logged by promote)."""
+    entries = evaluation.get("gallery")
+    if not entries:
+        return ""
+    figures = []
+    for cell in ("true_positive", "false_positive", "false_negative", "true_negative"):
+        shown = [e for e in entries if e["cell"] == cell]
+        images = "".join(
+            f"<figure>{_img(Path(client.download_artifacts(run_id, e['artifact'], str(folder))))}<figcaption>"
+            f"P(fracture) {e['probability']:.2f}, truth {'fracture' if e['label'] else 'no fracture'}"
+            f"</figcaption></figure>" for e in shown) or "<p class=note>none in the test set</p>"
+        figures.append(f"<div class=cell><h4>{cell.replace('_', ' ')}</h4>{images}</div>")
+    return ("<h3>Grad-CAM gallery</h3><p class=note>The most confident calls of each kind at the operating "
+            f"threshold {evaluation['threshold']:.3f}, overlaid on the original image.</p>"
+            f"<div class=gallery>{''.join(figures)}</div>")
 
 
 def _param(text: str) -> str:

@@ -19,10 +19,12 @@ array (each writes its own temporary file; the last rename wins with identical c
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import logging
 import os
-import tempfile
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -54,6 +56,33 @@ def _decode_chunk(jobs: Sequence[_Job], size: int, masking: str) -> np.ndarray |
         return out
     except InputError as exc:
         return (exc.file, exc.reason)
+
+
+_quiet = {"depth": 0, "saved": -1}
+_quiet_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence C libraries writing to file descriptor 2 (libpng prints ``libpng error: ...`` itself
+    before OpenCV returns None): a bad image must end as one line, ours. Python-level errors are
+    unaffected: they propagate as exceptions and print after the descriptor is restored."""
+    with _quiet_lock:
+        if _quiet["depth"] == 0:
+            sys.stderr.flush()
+            _quiet["saved"] = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                os.dup2(_quiet["saved"], 2)
+                os.close(_quiet["saved"])
 
 
 class ImageCache:
@@ -125,6 +154,7 @@ class ImageCache:
     @classmethod
     def _build(cls, manifest: pd.DataFrame, directory: Path, ids: list[str], data_hash: str, size: int,
                masking: str, workers: int, progress: Progress | None) -> None:
+        created = [d for d in (directory, *directory.parents) if not d.exists()]  # deepest first
         directory.mkdir(parents=True, exist_ok=True)
         (directory / INDEX_NAME).unlink(missing_ok=True)  # a stale index must not outlive its array
         jobs: list[_Job] = [(str(p), "" if pd.isna(b) else str(b))
@@ -132,29 +162,32 @@ class ImageCache:
         n = len(jobs)
         chunk = max(1, min(32, n // max(1, 4 * workers)))
         chunks = [jobs[i : i + chunk] for i in range(0, n, chunk)]
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{ARRAY_NAME}.", suffix=".tmp", dir=directory)
-        os.close(fd)
-        tmp = Path(tmp_name)
         started = time.perf_counter()
         try:
-            arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size))
-            done = 0
-            for result in cls._decode_all(chunks, size, masking, workers):
-                if isinstance(result, tuple):
-                    raise InputError(result[0], result[1])
-                arr[done : done + len(result)] = result
-                done += len(result)
-                if progress is not None:
-                    progress(done, n)
-            arr.flush()
-            del arr
-            os.replace(tmp, directory / ARRAY_NAME)
-        finally:
-            tmp.unlink(missing_ok=True)
+            # The array is decoded into a temporary sibling, fsync'ed and renamed into place (fsio):
+            # a crash or a bad image leaves no array under the final name, and no temporary either.
+            with fsio.atomic_path(directory / ARRAY_NAME) as tmp:
+                arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, size, size))
+                done = 0
+                with _quiet_native_stderr():
+                    for result in cls._decode_all(chunks, size, masking, workers):
+                        if isinstance(result, tuple):
+                            raise InputError(result[0], result[1])
+                        arr[done : done + len(result)] = result
+                        done += len(result)
+                        if progress is not None:
+                            progress(done, n)
+                arr.flush()
+                del arr
+        except BaseException:
+            for folder in created:  # bad input leaves nothing behind: not even empty folders
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         index = {"version": FORMAT_VERSION, "data_hash": data_hash, "size": size, "masking": masking,
                  "shape": [n, size, size], "dtype": "uint8", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                  "build_seconds": round(time.perf_counter() - started, 3), "image_ids": ids}
-        fsio.write_text(directory / INDEX_NAME, json.dumps(index))
+        fsio.write_json(directory / INDEX_NAME, index)
         log.info("built image cache %s: %d images in %.1f s", directory, n, index["build_seconds"])
 
     @staticmethod
@@ -187,6 +220,12 @@ class ImageCache:
     def array(self) -> np.memmap:
         """The read-only memory map, opened on first use in each process."""
         if self._array is None:
+            if not (self.directory / ARRAY_NAME).is_file():  # e.g. a trial on a node without this cache
+                import socket
+
+                raise FileNotFoundError(
+                    f"image cache {self.directory} is not on node {socket.gethostname()}: build it there "
+                    "(`raypipe data cache` with the same --run-dir) or tune with a shared --storage directory")
             self._array = np.memmap(self.directory / ARRAY_NAME, dtype=np.uint8, mode="r", shape=self.shape)
         return self._array
 

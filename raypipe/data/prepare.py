@@ -47,28 +47,48 @@ class PreparedData:
         return self.cache.rows(rows["image_id"].tolist()), y
 
 
-def load_manifest(data: Path, run_dir: Path, source_kind: str = "auto") -> tuple[pd.DataFrame, str, Path]:
-    """Read and validate a data set; save its manifest under the run directory."""
+def load_manifest(data: Path, run_dir: Path, source_kind: str = "auto", save: bool = True
+                  ) -> tuple[pd.DataFrame, str, Path]:
+    """Read and validate a data set; save its manifest under the run directory (``save``)."""
     manifest = load_source(Path(data), source_kind)
     data_hash = manifest_mod.content_hash(manifest)
     workdir = Path(run_dir) / "data" / data_hash[:12]
-    path = workdir / "manifest.csv"
-    if not path.exists():
-        manifest_mod.save(manifest, path)
+    if save:
+        save_manifest(manifest, workdir)
     return manifest, data_hash, workdir
 
 
-def make_or_load_splits(manifest: pd.DataFrame, data_hash: str, workdir: Path, params: splits_mod.SplitParams
-                        ) -> tuple[pd.DataFrame, str, Path]:
+def save_manifest(manifest: pd.DataFrame, workdir: Path) -> Path:
+    path = Path(workdir) / "manifest.csv"
+    if not path.exists():
+        manifest_mod.save(manifest, path)
+    return path
+
+
+def make_or_load_splits(manifest: pd.DataFrame, data_hash: str, workdir: Path, params: splits_mod.SplitParams,
+                        save: bool = True) -> tuple[pd.DataFrame, str, Path]:
+    """The splits for ``params``: read back when saved before, else made (and saved, with ``save``)."""
     path = workdir / f"splits-{params.key()}.csv"
+    splits = None
     if path.exists() and path.with_suffix(".json").exists():
-        splits, split_hash = splits_mod.load(path)
-    else:
+        try:
+            splits, split_hash = splits_mod.load(path)
+        except ValueError:  # CSV and record torn apart (a crash between their writes): split again
+            splits = None
+    if splits is None:
         splits = splits_mod.make_splits(manifest, get_scheme(params.age_scheme), params)
-        split_hash = splits_mod.save(splits, path, params, data_hash)
+        split_hash = (splits_mod.save(splits, path, params, data_hash) if save
+                      else splits_mod.content_hash(splits))
     if not splits["image_id"].astype(str).equals(manifest["image_id"].astype(str)):
         raise RuntimeError(f"{path} does not match the manifest; delete it to re-split")
     return splits, split_hash, path
+
+
+def _saved(path: Path, split_hash: str) -> bool:
+    try:
+        return splits_mod.load(path)[1] == split_hash
+    except (OSError, ValueError):
+        return False
 
 
 def split_params(cfg: TrainConfig) -> splits_mod.SplitParams:
@@ -77,11 +97,19 @@ def split_params(cfg: TrainConfig) -> splits_mod.SplitParams:
 
 
 def prepare(data: Path, cfg: TrainConfig, run_dir: Path, source_kind: str = "auto",
-            progress: Progress | None = None, with_cache: bool = True) -> PreparedData:
-    manifest, data_hash, workdir = load_manifest(data, run_dir, source_kind)
-    splits, split_hash, _ = make_or_load_splits(manifest, data_hash, workdir, split_params(cfg))
+            progress: Progress | None = None, with_cache: bool = True,
+            cache_root: Path | None = None) -> PreparedData:
+    """``cache_root`` (default ``<run_dir>/cache``): e.g. a shared ``--storage`` directory, so that
+    trials on other nodes open the same image cache."""
+    # Nothing is written until every image has decoded: bad input leaves no manifest or split behind.
+    manifest, data_hash, workdir = load_manifest(data, run_dir, source_kind, save=False)
+    params = split_params(cfg)
+    splits, split_hash, split_path = make_or_load_splits(manifest, data_hash, workdir, params, save=False)
     cache = None
     if with_cache:
-        cache = ImageCache.build_or_open(manifest, data_hash, cfg.image_size, cfg.masking, Path(run_dir) / "cache",
-                                         progress=progress)
+        cache = ImageCache.build_or_open(manifest, data_hash, cfg.image_size, cfg.masking,
+                                         cache_root or Path(run_dir) / "cache", progress=progress)
+    save_manifest(manifest, workdir)
+    if not _saved(split_path, split_hash):
+        splits_mod.save(splits, split_path, params, data_hash)
     return PreparedData(manifest, splits, data_hash, split_hash, get_scheme(cfg.age_scheme), workdir, cache)

@@ -4,8 +4,9 @@ Each adapter is one function ``Path -> DataFrame`` registered with ``@register_s
 and returns ``manifest.normalise(...)`` output. Adapters check what a person can fix (columns,
 values, missing images, label files) and raise ``InputError`` naming file, row and field, so a
 bad row stops ``raypipe data check`` with one line instead of surfacing as a NaN three epochs
-into training. Pixel readability is not checked here: the image cache does that once, when it
-decodes the images anyway.
+into training. Every image gets the cheap header check of ``images.check_file`` (missing, empty,
+truncated, not an image, under 8 bits); decoding the pixels is left to the image cache, which does
+it once anyway.
 
 Row numbers are the line numbers a person sees in an editor: in a CSV with a header the header
 is line 1, so the first data row is row 2; in a header-less file (MURA's study lists, YOLO label
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raypipe.data import manifest
+from raypipe.data import images, manifest
 from raypipe.errors import InputError
 
 Adapter = Callable[[Path], pd.DataFrame]
@@ -77,8 +78,8 @@ def detect_kind(root: Path) -> str:
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise InputError(root, "no such file or directory")
-    if root.is_file() and root.stat().st_size == 0:
-        raise InputError(root, "empty file (0 bytes)")
+    if root.is_file():
+        _check_text_file(root)
     for name, (detect, _) in _DETECT.items():
         if detect(root):
             return name
@@ -87,6 +88,16 @@ def detect_kind(root: Path) -> str:
 
 
 # --------------------------------------------------------------------------- shared helpers
+
+def _check_text_file(path: Path) -> None:
+    """An empty file, or UTF-16 text (Excel's "Unicode text"), fails here with what to do about it."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head:
+        raise InputError(path, "empty file (0 bytes)")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InputError(path, "UTF-16 text: save the CSV as UTF-8 (with or without a BOM)")
+
 
 def _header(path: Path) -> list[str]:
     """Lower-cased column names of a CSV's first line ([] if unreadable), for cheap sniffing."""
@@ -104,8 +115,7 @@ def _read_table(path: Path, required: Iterable[str]) -> pd.DataFrame:
     (not pandas) so that a short row is an error: pandas pads it with blanks, and a truncated
     GRAZPEDWRI-DX row would silently read as "no fracture". Blank lines are skipped.
     """
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file (0 bytes)")
+    _check_text_file(path)
     records: list[list[str]] = []
     lines: list[int] = []
     try:
@@ -140,6 +150,16 @@ def _fail(df: pd.DataFrame, mask: pd.Series, file: Path, field: str, reason: str
         i = int(np.flatnonzero(mask.to_numpy())[0])
         value = df[field].iloc[i] if field in df.columns else None
         raise InputError(file, reason.format(value=value), row=int(df["_row"].iloc[i]), field=field)
+
+
+def _check_images(df: pd.DataFrame, paths: pd.Series, file: Path, field: str) -> None:
+    """Raise for the first row whose image is missing, empty, truncated or not an image.
+
+    Header checks only (``images.check_file``): cheap enough for every image on every load.
+    """
+    for i, path in enumerate(paths):
+        if (problem := images.check_file(path)) is not None:
+            raise InputError(file, f"{problem}: {path}", row=int(df["_row"].iloc[i]), field=field)
 
 
 def _age(df: pd.DataFrame, file: Path, col: str = "age") -> pd.Series:
@@ -267,6 +287,7 @@ def load_grazpedwri(root: Path) -> pd.DataFrame:
     paths = df["filestem"].map(images)
     _fail(df, paths.isna(), csv, "filestem",
           "no image file for filestem {value!r} (looked in images_part*/, images/ and beside the CSV)")
+    _check_images(df, paths, csv, "filestem")
 
     label_dirs = [base / "folder_structure" / "yolov5" / "labels", base / "labels"]
     labels = _index_files([d for d in label_dirs if d.is_dir()], (".txt",))
@@ -339,6 +360,9 @@ def load_mura(root: Path) -> pd.DataFrame:
             imgs = _index_files([study_dir], IMAGE_SUFFIXES, depth=0)
             if not imgs:
                 raise InputError(csv, f"no images in study folder {study_dir}", row=n, field="path")
+            for stem in sorted(imgs):
+                if (problem := images.check_file(imgs[stem])) is not None:
+                    raise InputError(csv, f"{problem}: {imgs[stem]}", row=n, field="path")
             split = study.parts[1] if len(study.parts) > 1 and study.parts[0] == "MURA-v1.1" else csv.stem
             study_id = f"{patient}/{study_dir.name}"
             records += [{"image_id": f"{split}/{study_id}/{stem}", "path": imgs[stem], "patient_id": patient,
@@ -387,6 +411,7 @@ def load_csv(root: Path) -> pd.DataFrame:
     _fail(df, paths.duplicated(), csv, "image_path", "duplicate image {value!r}")
     _fail(df, ~paths.map(os.path.isfile), csv, "image_path",
           f"image not found: {{value!r}} (relative paths start at {csv.parent})")
+    _check_images(df, paths, csv, "image_path")
     stems = paths.map(lambda p: os.path.splitext(os.path.basename(p))[0])
     patient = df["patient_id"].where(df["patient_id"] != "", stems) if "patient_id" in df.columns else stems
     study = df["study_id"].where(df["study_id"] != "", patient) if "study_id" in df.columns else patient

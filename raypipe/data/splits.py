@@ -16,6 +16,7 @@ atomically with its content hash, which every later run records.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from raypipe import fsio
 from raypipe.data.groups import AgeScheme
@@ -95,6 +95,8 @@ def _fixed_test(df: pd.DataFrame, k: int, rng: np.random.Generator) -> tuple[pd.
 
 
 def _train_val(df: pd.DataFrame, scheme: AgeScheme, params: SplitParams) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold  # a 1-2 s import: only when splitting
+
     groups = scheme.group_of(df["age"].to_numpy(dtype=float))
     strata = df["projection"].astype(str) + "|" + pd.Series(groups, index=df.index).astype(str) + "|" + df["label"].astype(str)
     n_splits = max(2, round(1 / params.val_fraction)) if params.val_fraction > 0 else 0
@@ -109,18 +111,35 @@ def _train_val(df: pd.DataFrame, scheme: AgeScheme, params: SplitParams) -> np.n
     return out
 
 
+def content_hash(splits: pd.DataFrame) -> str:
+    """The split hash: of the CSV bytes ``save`` writes."""
+    return fsio.sha256_bytes(splits.to_csv(index=False).encode())
+
+
 def save(splits: pd.DataFrame, path: str | Path, params: SplitParams, data_hash: str) -> str:
-    """Write ``splits.csv`` and its ``.json`` record atomically; return the split hash."""
+    """Write ``splits.csv`` and its ``.json`` record atomically; return the split hash.
+
+    The record goes last: ``load`` (and ``prepare``) trust a split only when both exist.
+    """
     data = splits.to_csv(index=False).encode()
     split_hash = fsio.sha256_bytes(data)
     fsio.write_bytes(path, data)
     record = {"split_hash": split_hash, "data_hash": data_hash, "params": asdict(params),
               "counts": splits["split"].value_counts().to_dict()}
-    fsio.write_text(Path(path).with_suffix(".json"), json.dumps(record, indent=2))
+    fsio.write_json(Path(path).with_suffix(".json"), record, indent=2)
     return split_hash
 
 
 def load(path: str | Path) -> tuple[pd.DataFrame, str]:
+    """Read a saved split; ``ValueError`` if the CSV and its record do not belong together (a crash
+    between ``save``'s two writes, or a hand edit): the caller then makes the split again."""
     path = Path(path)
-    record = json.loads(path.with_suffix(".json").read_text())
-    return pd.read_csv(path, dtype={"image_id": "string"}, keep_default_na=False), record["split_hash"]
+    try:
+        record = json.loads(path.with_suffix(".json").read_text())
+        split_hash = record["split_hash"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path.with_suffix('.json')}: unreadable split record ({exc})") from None
+    data = path.read_bytes()
+    if fsio.sha256_bytes(data) != split_hash:
+        raise ValueError(f"{path} does not match the split hash in its record")
+    return pd.read_csv(io.BytesIO(data), dtype={"image_id": "string"}, keep_default_na=False), split_hash

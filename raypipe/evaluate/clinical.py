@@ -26,10 +26,12 @@ def point_metrics(y: np.ndarray, scores: np.ndarray, n_classes: int, threshold: 
 
 
 def bootstrap_ci(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_classes: int, threshold: float = 0.5,
-                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile CIs of each metric over ``n_boot`` resamples of whole groups (patients)."""
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 names: tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile CIs of each metric (default: all of ``CI_METRICS``) over ``n_boot`` resamples of whole
+    groups (patients)."""
     y, scores, groups = np.asarray(y), np.asarray(scores), np.asarray(groups)
-    names = CI_METRICS[2 if n_classes == 2 else 0]
+    names = names or CI_METRICS[2 if n_classes == 2 else 0]
     unique, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
     rng = np.random.default_rng(seed)
@@ -67,18 +69,37 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
     return {"ece": float(ece), "bins": rows}
 
 
+def carried_threshold(scores: np.ndarray, positive_rate: float) -> float:
+    """The threshold at which ``scores`` are called positive at ``positive_rate`` (ties call positive)."""
+    scores = np.sort(np.asarray(scores, dtype=float))
+    k = int(round(float(np.clip(positive_rate, 0.0, 1.0)) * len(scores)))  # images to call positive
+    if k == 0:
+        return float(np.nextafter(scores[-1], np.inf))
+    return float(scores[len(scores) - k])
+
+
+def main_metric(n_classes: int) -> str:
+    return "auroc" if n_classes == 2 else "macro_f1"
+
+
 def subgroups(y: np.ndarray, scores: np.ndarray, labels: np.ndarray, n_classes: int, threshold: float = 0.5,
-              min_images: int = 8) -> dict[str, dict[str, float]]:
+              patients: np.ndarray | None = None, n_boot: int = 200, seed: int = 0,
+              min_images: int = 8) -> dict[str, dict[str, Any]]:
     """The same point metrics per subgroup (one-year age bin, sex), where a group has ``min_images``
-    and, for binary models, both classes; smaller groups are listed with their count only."""
-    out: dict[str, dict[str, float]] = {}
-    for group in sorted(set(labels.tolist()), key=str):
+    and, for binary models, both classes, with a patient-bootstrap CI of the main metric (AUROC or
+    macro-F1) as ``ci95``; smaller groups are listed with their count only."""
+    patients = np.arange(len(y)) if patients is None else np.asarray(patients)
+    out: dict[str, dict[str, Any]] = {}
+    for group in sorted(set(labels.tolist())):  # one kind per array: ages sort as numbers, not text
         mask = labels == group
-        row: dict[str, float] = {"n": int(mask.sum())}
+        row: dict[str, Any] = {"n": int(mask.sum())}
         usable = mask.sum() >= min_images and (n_classes != 2 or len(np.unique(y[mask])) == 2)
         if usable:
             row |= {k: float(v) for k, v in point_metrics(y[mask], scores[mask], n_classes, threshold).items()
                     if k != "threshold"}
+            name = main_metric(n_classes)
+            row["ci95"] = list(bootstrap_ci(y[mask], scores[mask], patients[mask], n_classes, threshold, n_boot,
+                                            seed, names=(name,))[name])
         out[str(group)] = row
     return out
 
@@ -98,6 +119,8 @@ def evaluate_test(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_cla
     if n_classes == 2:
         result["calibration"] = calibration(y, scores)
         result["metrics"]["ece"] = result["calibration"]["ece"]
-    result["subgroups"] = {name: subgroups(y, scores, np.asarray(labels), n_classes, threshold)
+    # Subgroup CIs use fewer resamples: there are many groups, and each interval is wide anyway.
+    result["subgroups"] = {name: subgroups(y, scores, np.asarray(labels), n_classes, threshold, patients,
+                                           max(100, n_boot // 5), seed)
                            for name, labels in (groups or {}).items()}
     return result

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from raypipe import faults
 from raypipe.config import TrainConfig
 from raypipe.errors import InputError
 from raypipe.registry import Registry
@@ -81,6 +82,7 @@ def build_model(cfg: TrainConfig, n_classes: int, *, warn_random: bool = True) -
 
     ``warn_random=False`` when the caller loads a full trained state right after (inference).
     """
+    faults.raise_for(cfg)  # test hook: inert unless a fault test arms it
     backbone = _create_backbone(cfg)
     if cfg.pretrained:
         load_pretrained(backbone, cfg.pretrained)

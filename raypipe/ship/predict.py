@@ -20,7 +20,6 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from raypipe import fsio
 from raypipe.errors import InputError
 from raypipe.ship.promote import CHAMPION, model_name
 
@@ -114,35 +113,11 @@ def age_group(router: Router, path: Path, age: float | None) -> tuple[int | None
 
 
 def gradcam_png(champion: Champion, path: Path, out: Path) -> Path:
-    """Grad-CAM of the fracture logit over the model's own input (letterboxed), as an overlay PNG."""
-    import cv2
-    import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    """Grad-CAM of the champion's decision, overlaid on the image at its original resolution."""
+    from raypipe.explain import gradcam
 
-    from raypipe.models.backbones import gradcam_reshape_transform, gradcam_target_layer
-
-    python_model = champion.model
-    tensor = python_model.tensors(pd.DataFrame({"image": [str(path)]}))
-    model = python_model.model
-
-    class Logit(torch.nn.Module):  # pytorch-grad-cam wants (N, classes); a binary model has one logit
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            return self.inner(x).reshape(x.shape[0], -1)
-
-    with GradCAM(model=Logit(model), target_layers=[gradcam_target_layer(model)],
-                 reshape_transform=gradcam_reshape_transform(model)) as cam:
-        heat = cam(input_tensor=tensor, targets=None)[0]
-    gray = (tensor[0, 0].numpy() * 0.25 + 0.5).clip(0, 1)  # undo the training normalisation
-    overlay = show_cam_on_image(np.repeat(gray[..., None], 3, axis=2).astype(np.float32), heat, use_rgb=False)
-    with fsio.atomic_path(out) as tmp:
-        ok, data = cv2.imencode(".png", overlay)
-        tmp.write_bytes(data.tobytes())
-    return out
+    spec = champion.model.spec
+    return gradcam.save_png(gradcam.overlay(champion.model.model, path, spec["image_size"]), out)
 
 
 def predict_images(client: MlflowClient, experiment: str, images: list[Path], out_dir: Path,

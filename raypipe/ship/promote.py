@@ -19,6 +19,8 @@ import dataclasses
 import fcntl
 import json
 import math
+import os
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -35,12 +37,13 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 import raypipe
+from raypipe import faults
 from raypipe.config import TrainConfig, from_dict
 from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
 from raypipe.errors import InputError
-from raypipe.evaluate.clinical import evaluate_test
+from raypipe.evaluate.clinical import carried_threshold, evaluate_test
 from raypipe.models.backbones import build_model_from_spec
 from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
@@ -82,11 +85,12 @@ def best_of_study(client: MlflowClient, exp_id: str, target: str) -> dict[str, A
     monitor = study.data.tags["raypipe.monitor"]
     history = client.get_metric_history(best["run_id"], monitor)
     peak = max(history, key=lambda m: (m.value if not math.isnan(m.value) else -math.inf, -m.step))
-    thresholds = {m.step: m.value for m in client.get_metric_history(best["run_id"], "val_threshold")}
+    at_peak = {key: {m.step: m.value for m in client.get_metric_history(best["run_id"], key)}.get(peak.step)
+               for key in ("val_threshold", "val_positive_rate")}
     return {"study_run_id": study.info.run_id, "study": study.data.tags["raypipe.study"], "monitor": monitor,
             "trial_run_id": best["run_id"], "trial_id": best["trial_id"], "config": best["config"],
-            "epochs": int(peak.step), "threshold": thresholds.get(peak.step, 0.5),
-            "split_hash": study.data.tags["raypipe.split_hash"]}
+            "epochs": int(peak.step), "threshold": at_peak["val_threshold"] or 0.5,
+            "positive_rate": at_peak["val_positive_rate"], "split_hash": study.data.tags["raypipe.split_hash"]}
 
 
 # ----------------------------------------------------------------------------------- promote
@@ -114,12 +118,15 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     test_frame = prepared.manifest[(prepared.splits["split"] == "test").to_numpy()]
     test_rows_frame = target.select(test_frame, prepared.scheme)[0]
     patients = test_rows_frame["patient_id"].to_numpy()  # grouping only: never logged
-    # Subgroups reported like a clinical study: one-year age bins and sex (aggregates only).
+    # Subgroups reported like a clinical study: one-year age bins and sex (aggregates only). Not for
+    # the age model: within one age bin its true class is constant, so macro-F1 there means nothing.
     subgroup_labels = {"age_bin": np.floor(test_rows_frame["age"].to_numpy(dtype=float)).astype(int),
-                       "sex": test_rows_frame["sex"].astype(str).to_numpy()}
+                       "sex": test_rows_frame["sex"].astype(str).to_numpy()} if job.n_classes == 2 else {}
 
+    _close_dead_promotions(client, exp_id, target.name)
     run = client.create_run(exp_id, run_name=f"promote {target.name}", tags={
         "raypipe.kind": "promote", "raypipe.target": target.name, "raypipe.study": best["study"],
+        "raypipe.host": socket.gethostname(), "raypipe.pid": str(os.getpid()),
         "raypipe.trial_id": best["trial_id"], "raypipe.trial_run_id": best["trial_run_id"],
         "raypipe.data_hash": prepared.data_hash, "raypipe.split_hash": prepared.split_hash,
         "raypipe.git_sha": git_sha(), "mlflow.source.name": "raypipe promote"})
@@ -127,12 +134,18 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     try:
         out_dir = run_dir / "promote" / run_id
         result = launch.fit(job, out_dir, run_dir / "ray", name=f"promote-{run_id}", keep="last")
-        scores = _predict(result.checkpoint, job.cache, test_rows, job.n_classes)
-        threshold = float(best["threshold"]) if job.n_classes == 2 else 0.5
+        faults.point("promote:trained")
+        model = _load(result.checkpoint)
+        scores = _predict(model, job.cache, test_rows, job.n_classes)
+        threshold, threshold_source = 0.5, "argmax"
+        if job.n_classes == 2:
+            threshold, threshold_source = _operating_point(best, _predict(model, job.cache, val_rows, 2))
         report = evaluate_test(test_y, scores, patients, job.n_classes, threshold, n_boot=n_boot, seed=cfg.seed,
                                groups=subgroup_labels)
         metric = best["monitor"].removeprefix("val_")
-        report["class_names"] = job.class_names
+        report |= {"class_names": job.class_names, "threshold_source": threshold_source}
+        if job.n_classes == 2:
+            report["gallery"] = _gallery(client, run_id, model, cfg, test_rows_frame, test_y, scores, threshold)
         client.log_dict(run_id, report, "test_evaluation.json")
         with tempfile.TemporaryDirectory() as tmp:  # labels and scores only: no identifiers
             np.savez(Path(tmp) / "test_predictions.npz", y=test_y, scores=scores)
@@ -140,6 +153,7 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"test_{k}", v, 0, 0)
                                           for k, v in report["metrics"].items() if not math.isnan(v)])
         version = _register(uri, run_id, result.checkpoint, threshold, model_name(experiment, target.name))
+        faults.point("promote:registered")
         tags = {"study": best["study"], "trial_id": best["trial_id"], "data_hash": prepared.data_hash,
                 "split_hash": prepared.split_hash, "git_sha": git_sha(), "metric": metric,
                 f"test_{metric}": repr(report["metrics"][metric]),
@@ -159,11 +173,75 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     return promotion
 
 
-def _predict(ckpt_dir: Path, cache, rows: np.ndarray, n_classes: int) -> np.ndarray:
-    spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text())
-    model = build_model_from_spec(spec)
+def _close_dead_promotions(client: MlflowClient, exp_id: str, target: str) -> None:
+    """Mark FAILED the RUNNING promote runs of ``target`` whose process on this host is gone (killed)."""
+    runs = client.search_runs([exp_id], f"tags.`raypipe.kind` = 'promote' and tags.`raypipe.target` = '{target}' "
+                                        "and attributes.status = 'RUNNING'")
+    for run in runs:
+        tags = run.data.tags
+        if tags.get("raypipe.host") != socket.gethostname() or not tags.get("raypipe.pid", "").isdigit():
+            continue  # another machine's promotion: only it knows whether it is alive
+        try:
+            os.kill(int(tags["raypipe.pid"]), 0)
+        except ProcessLookupError:
+            client.set_tag(run.info.run_id, "raypipe.reason", "the promoting process died before it finished")
+            client.set_terminated(run.info.run_id, "FAILED")
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _load(ckpt_dir: Path) -> torch.nn.Module:
+    model = build_model_from_spec(json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()))
     checkpoint.load_weights(ckpt_dir, model)
-    model.eval()
+    return model.eval()
+
+
+def _operating_point(best: dict[str, Any], val_scores: np.ndarray) -> tuple[float, str]:
+    """The decision threshold of the retrained model, carried over from its tuning trial.
+
+    The trial's Youden threshold is a score of *that* model; the retrained one (more data, no early
+    stop) puts its scores elsewhere, so reusing the number can call every image positive. What carries
+    over is the operating point as a rate: the retrained model gets the threshold at which it calls
+    the same fraction of the validation images positive as the trial did at its Youden point.
+    """
+    rate = best.get("positive_rate")
+    if rate is None or math.isnan(rate) or len(val_scores) == 0:  # a study from before the rate was logged
+        return float(best["threshold"]), f"validation Youden threshold of trial {best['trial_id']}"
+    return carried_threshold(val_scores, rate), (
+        f"validation positive rate {rate:.3f} at the Youden point of trial {best['trial_id']}, "
+        "carried to the retrained model")
+
+
+def _gallery(client: MlflowClient, run_id: str, model: torch.nn.Module, cfg: TrainConfig, frame, y: np.ndarray,
+             scores: np.ndarray, threshold: float, per_cell: int = 2) -> list[dict[str, Any]]:
+    """Grad-CAM overlays of the most confident true/false positives/negatives, logged as artifacts.
+
+    Artifact names say only the cell and rank (``gradcam/false_negative_1.png``): file names of the
+    data set can carry patient identifiers.
+    """
+    from raypipe.explain import gradcam
+
+    predicted = scores >= threshold
+    # cell -> (members, sort key): the most confident calls first (highest score for a positive call)
+    cells = {"true_positive": ((y == 1) & predicted, -scores), "false_positive": ((y == 0) & predicted, -scores),
+             "false_negative": ((y == 1) & ~predicted, scores), "true_negative": ((y == 0) & ~predicted, scores)}
+    entries = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell, (mask, key) in cells.items():
+            idx = np.flatnonzero(mask)
+            idx = idx[np.argsort(key[idx], kind="stable")]
+            for rank, i in enumerate(idx[:per_cell], start=1):
+                row = frame.iloc[int(i)]
+                png = gradcam.save_png(gradcam.overlay(model, row["path"], cfg.image_size, cfg.masking,
+                                                       row["text_boxes"] or "", max_side=384),
+                                       Path(tmp) / f"{cell}_{rank}.png")
+                client.log_artifact(run_id, str(png), "gradcam")
+                entries.append({"cell": cell, "rank": rank, "artifact": f"gradcam/{png.name}",
+                                "probability": float(scores[i]), "label": int(y[i])})
+    return entries
+
+
+def _predict(model: torch.nn.Module, cache, rows: np.ndarray, n_classes: int) -> np.ndarray:
     dataset = CachedImageDataset(cache, rows, np.zeros(len(rows), dtype=np.int64), 0.0, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64)
     with torch.no_grad():
@@ -176,15 +254,21 @@ def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str
     spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()) | {"threshold": threshold}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no input_example": paths to images on this machine
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_SOURCE),
-            artifacts={"weights": str(Path(ckpt_dir) / checkpoint.MODEL_FILE), "spec": str(spec_path)},
-            pip_requirements=[f"raypipe=={raypipe.__version__}"], registered_model_name=name,
-            signature=SIGNATURE)
+        mlflow.start_run(run_id=run_id)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC_SOURCE),
+                artifacts={"weights": str(Path(ckpt_dir) / checkpoint.MODEL_FILE), "spec": str(spec_path)},
+                pip_requirements=[f"raypipe=={raypipe.__version__}"], registered_model_name=name,
+                signature=SIGNATURE)
+        finally:
+            # Not a `with` block: leaving one marks the run FINISHED, and the promotion is not finished
+            # until the alias is decided (a kill in between must leave the run RUNNING, then FAILED).
+            mlflow.end_run(status="RUNNING")
     return MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
 
 
@@ -229,7 +313,8 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, value: fl
     if alias == CHAMPION:
         if previous:
             client.set_model_version_tag(name, version, "previous_champion", previous)
-        client.set_registered_model_alias(name, CHAMPION, version)
+        faults.point("promote:deciding")
+        client.set_registered_model_alias(name, CHAMPION, version)  # one atomic move: never two champions
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
     client.set_model_version_tag(name, version, "promotion", f"{alias}: {reason}")

@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: confusion matrices and ROC curves."""
+"""Pictures people would rather look at than read: confusion matrices, ROC / PR curves, reliability
+diagrams and subgroup forest plots."""
 
 from __future__ import annotations
 
@@ -74,6 +75,33 @@ def reliability_png(bins: list[dict], ece: float, path: Path, title: str) -> Pat
     ax.set_ylabel("observed fracture rate")
     ax.set_title(title)
     ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def subgroup_png(groups: dict[str, dict], metric: str, path: Path, title: str, overall: float | None = None
+                 ) -> Path | None:
+    """Forest plot: ``metric`` with its 95% CI per subgroup (``evaluate.clinical.subgroups`` rows);
+    groups too small to score are named with their count. None when no group could be scored."""
+    names = list(groups)
+    if not any(metric in row for row in groups.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(names) + 1.4))
+    for i, name in enumerate(names):
+        row = groups[name]
+        if metric in row and not np.isnan(row[metric]):
+            low, high = row.get("ci95", (row[metric], row[metric]))
+            ax.errorbar(row[metric], i, xerr=[[row[metric] - low], [high - row[metric]]], fmt="o", color="tab:blue",
+                        capsize=3)
+        else:
+            ax.text(0.02, i, "too few images to score", va="center", color="grey", fontsize=8)
+    if overall is not None and not np.isnan(overall):
+        ax.axvline(overall, ls="--", color="grey", lw=1, label=f"all: {overall:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(names)), [f"{n} (n={groups[n]['n']})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"{metric} (95% CI, patient bootstrap)")
+    ax.set_title(title)
     return _save(fig, path)
 
 

@@ -1,7 +1,10 @@
 """MLflow runs for raypipe jobs.
 
 Embedded default: a SQLite store under the run directory (MLflow 3.7+ refuses a bare ./mlruns
-file store) with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides both.
+file store) with artifacts beside it; ``MLFLOW_TRACKING_URI`` overrides both, for every command. On a
+cluster point it at a tracking server (``http://host:5000``, started with ``--artifacts-destination``
+so artifacts go through it too): only the driver process writes runs, and nothing it logs needs a
+file that only the driver's node has.
 
 Nothing that identifies a patient goes to MLflow: params come from the resolved config,
 tags are hashes and names, metrics are aggregates.
@@ -9,9 +12,12 @@ tags are hashes and names, metrics are aggregates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,34 @@ DEFAULT_EXPERIMENT = "raypipe"
 
 
 def tracking_uri(run_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI`` (a tracking server must answer), else SQLite under ``run_dir``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    return uri
+
+
+@functools.cache
+def _check_server(uri: str) -> None:
+    """Fail fast, in one line, on a server that is not there (MLflow itself retries for minutes)."""
+    from raypipe.errors import InputError
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return  # something answers (a proxy, an auth front): let MLflow speak for it
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError("MLFLOW_TRACKING_URI", f"no MLflow server answers at {uri}: {reason}") from None
+
+
+def ui_hint(uri: str) -> str:
+    """How a person opens the runs of ``uri`` in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        return f"open the MLflow UI: {uri}"
+    return f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
 
 
 def experiment_id(client: MlflowClient, name: str, run_dir: Path) -> str:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from raypipe import fsio
+
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
@@ -35,9 +37,10 @@ def save(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     directory.mkdir(parents=True, exist_ok=True)
     save_model(unwrap(model), str(directory / MODEL_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / OPTIM_FILE)
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=2, default=float))
     (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     np.savez(directory / PREDS_FILE, **preds)
+    # Last, and atomically: a directory with a state file is a complete checkpoint (see session.py).
+    fsio.write_text(directory / STATE_FILE, json.dumps(state, indent=2, default=float))
     return directory
 
 

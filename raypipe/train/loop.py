@@ -3,11 +3,17 @@
 Read ``run`` top to bottom: data, model, resume, epochs (train, validate, checkpoint, report,
 early stopping). Ranks split the training batches; rank 0 validates on the whole validation
 set with the unwrapped model and broadcasts the early-stopping decision.
+
+A restarted worker group (a dead worker, a lost node) or a restored trial resumes from the session's
+last checkpoint: weights, optimizer and schedule, epoch, best score and early-stopping counter; its
+first report after that carries ``resumed_from_epoch``.
+The loop touches no tracking store and no path of the driver's: sessions report, launchers log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -21,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from raypipe import faults
 from raypipe.config import TrainConfig
 from raypipe.data.cache import ImageCache
 from raypipe.data.dataset import CachedImageDataset
@@ -95,8 +102,10 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
 
     # 4. Resume from the last checkpoint, if the launcher has one.
     state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "metrics": {}}
+    resumed: int | None = None  # reported once, with the first epoch after a restart
     if (last := session.latest_checkpoint()) is not None:
         state = checkpoint.restore(last, model, optimizer, scheduler)
+        resumed = int(state["epoch"])
 
     # 5. Epochs: train, validate (rank 0), checkpoint + report, early stopping.
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -105,8 +114,12 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         started = time.perf_counter()
-        train_loss = _train_epoch(model, train_loader, criterion, optimizer, cfg.grad_clip, amp, device, world)
+        kill_point = f"train:rank{session.rank}@{epoch}"
+        fault = functools.partial(faults.point, kill_point, FAULT_DELAY_S) if faults.armed(kill_point) else None
+        train_loss = _train_epoch(model, train_loader, criterion, optimizer, cfg.grad_clip, amp, device, world, fault)
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+        if resumed is not None:
+            metrics["resumed_from_epoch"], resumed = resumed, None
         ckpt_dir = None
         if session.rank == 0:
             y, scores, val_loss = _predict(checkpoint.unwrap(model), val_loader, criterion, job.n_classes, amp, device)
@@ -126,7 +139,7 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
     return state
 
 
-def _train_epoch(model, loader, criterion, optimizer, grad_clip, amp, device, world) -> float:
+def _train_epoch(model, loader, criterion, optimizer, grad_clip, amp, device, world, after_step=None) -> float:
     model.train()
     total, count = torch.zeros((), device=device), 0
     for images, labels in loader:
@@ -143,6 +156,8 @@ def _train_epoch(model, loader, criterion, optimizer, grad_clip, amp, device, wo
         optimizer.step()
         total += loss.detach() * len(labels)
         count += len(labels)
+        if after_step is not None:
+            after_step()
     stats = torch.stack([total, torch.tensor(float(count), device=device)])
     if world > 1:
         dist.all_reduce(stats)
@@ -164,6 +179,12 @@ def _predict(model, loader, criterion, n_classes, amp, device) -> tuple[np.ndarr
     y = np.concatenate(ys) if ys else np.zeros(0, dtype=np.int64)
     s = np.concatenate(scores) if scores else np.zeros((0,) if n_classes == 2 else (0, n_classes))
     return y, s, loss_sum / max(len(y), 1)
+
+
+# A worker killed mid-epoch (tests/e2e/faults/test_worker_kill.py) dies this long after its first step of
+# the epoch: > 2 polls of Ray Train's controller (every 2 s), so the previous epoch's report is taken in
+# first (a report still in flight when a worker dies is dropped with it).
+FAULT_DELAY_S = 5.0
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):

@@ -41,6 +41,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float | None = None)
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
         "f1": float(f1_score(y, pred, zero_division=0.0)),
+        # The operating point as a rate: promotion carries it to the retrained model (see ship/promote.py).
+        "positive_rate": float(pred.mean()) if len(y) else float("nan"),
     }
 
 

@@ -5,7 +5,9 @@ The loop in ``loop.py`` is the same for every path; it talks to a ``Session``:
 - ``RaySession("train")``: a Ray Train worker (DDP), reporting through ``ray.train``;
 - ``RaySession("tune")``: a single-worker Tune trial, reporting through ``ray.tune``.
 
-A session owns checkpoints once reported: ``report`` may move or copy the directory.
+A session owns checkpoints once reported: ``report`` may move or copy the directory. Ray sessions
+add the reporting process's Ray node id to every report (``NODE_KEY``, a string: MLflow's metric
+logging skips it; the Tune driver turns it into the child run's ``raypipe.node`` tag).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from typing import Any, Protocol
 
 import torch
 
+from raypipe import fsio
+
 ReportFn = Callable[[dict[str, Any], Path | None], None]
+NODE_KEY = "raypipe_node"
 
 
 class Session(Protocol):
@@ -55,8 +60,11 @@ class LocalSession:
         kept = None
         if checkpoint_dir is not None:
             kept = self.dir / f"epoch_{int(metrics['epoch']):03d}"
-            shutil.rmtree(kept, ignore_errors=True)
-            shutil.move(str(checkpoint_dir), kept)
+            # Copied beside its place and renamed in: a crash mid-copy (often across filesystems from
+            # /tmp) never leaves a torn epoch directory that latest_checkpoint() would accept.
+            with fsio.atomic_dir(kept) as tmp:
+                shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
             score = metrics.get(self.monitor, math.nan)
             if score > self.best_score:  # NaN never wins
                 self.best, self.best_score = kept, score
@@ -89,10 +97,14 @@ class RaySession:
             self.rank, self.world_size = 0, 1
             self.device = pick_device(use_gpu)
         self._restored: tempfile.TemporaryDirectory | None = None
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        self.api.report(metrics, checkpoint=checkpoint)  # copies the directory into Ray's storage
+        # Copies the directory into Ray's storage (a shared path or an object store, from any node).
+        self.api.report({**metrics, NODE_KEY: self.node}, checkpoint=checkpoint)
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 

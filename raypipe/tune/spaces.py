@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from raypipe import fsio
-from raypipe.config import TrainConfig, _coerce, from_dict, load_yaml, to_dict
+from raypipe.config import TrainConfig, _coerce, check_value, from_dict, load_yaml, to_dict
 from raypipe.errors import InputError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
@@ -102,6 +102,14 @@ def shipped() -> list[str]:
 
 def load_space(spec: str | Path, base: TrainConfig | None = None) -> SearchSpace:
     """Read and validate a space; ``base`` (the study's config) is used to check categorical choices."""
+    space = read_space(spec)
+    check_choices(space, base or TrainConfig())
+    return space
+
+
+def read_space(spec: str | Path) -> SearchSpace:
+    """Read a space and check its structure: keys, distributions, bounds, ``when``. Fast (no torch,
+    timm or Ray import), so the CLI runs it before anything heavy; ``load_space`` adds the choices."""
     path = resolve(spec)
     raw = load_yaml(path)
     if not isinstance(raw, dict):
@@ -119,9 +127,7 @@ def load_space(spec: str | Path, base: TrainConfig | None = None) -> SearchSpace
         params.append(_param(path, str(name), spec_raw, {p.name: p for p in params}))
         if name in fixed:
             raise InputError(path, "is both fixed and searched", field=f"params.{name}")
-    space = SearchSpace(path, fsio.sha256_file(path), fixed, params)
-    check_choices(space, base or TrainConfig())
-    return space
+    return SearchSpace(path, fsio.sha256_file(path), fixed, params)
 
 
 def _param(path: Path, name: str, raw: Any, earlier: dict[str, Param]) -> Param:
@@ -147,6 +153,9 @@ def _param(path: Path, name: str, raw: Any, earlier: dict[str, Param]) -> Param:
         if extra := {"low", "high", "step"} & set(raw):
             raise InputError(path, "categorical takes 'choices' only", field=f"{key}.{sorted(extra)[0]}")
         resolved = tuple(_coerce(hint, c, path, f"{key}.choices") for c in choices)
+        for choice in resolved:
+            if (why := check_value(name, choice)) is not None:
+                raise InputError(path, f"choice {why}", field=f"{key}.choices")
         if len(set(map(repr, resolved))) != len(resolved):
             raise InputError(path, "duplicate choices", field=f"{key}.choices")
         return Param(name, kind, choices=resolved, when=when)
@@ -178,6 +187,9 @@ def _param(path: Path, name: str, raw: Any, earlier: dict[str, Param]) -> Param:
         raise InputError(path, f"step must be a number in (0, high - low], got {step!r}", field=f"{key}.step")
     if kind == "int" and step is not None and not float(step).is_integer():
         raise InputError(path, "int needs an integer step", field=f"{key}.step")
+    for bound in ("low", "high"):  # every value in [low, high] must be a valid setting
+        if (why := check_value(name, bounds[bound])) is not None:
+            raise InputError(path, f"{name} {why}", field=f"{key}.{bound}")
     return Param(name, kind, float(low), float(high), None if step is None else float(step), when=when)
 
 

@@ -2,11 +2,17 @@
 
 ``plan`` checks everything a person can get wrong (targets, spaces, config, data) before any worker
 starts; ``run`` fits the studies side by side, one driver thread each, and then writes each study's
-summary to its MLflow parent run. Where things live, per experiment (one per pipeline config):
+summary to its MLflow parent run. Where things live, per experiment (one per pipeline config), with
+<storage> = ``--storage`` (a shared directory or s3://bucket/prefix; default: the run dir):
 
-  <run_dir>/tune/<experiment>/optuna-journal.log             Optuna storage, one study per target
-  <run_dir>/tune/<experiment>/<target>-round-<n>/            Tune experiment (state, trials, checkpoints)
-  <run_dir>/tune/<experiment>/<target>-round-<n>/study.json  what the round was started with
+  <storage>/tune/<experiment>/<target>-round-<n>/            Tune experiment (state, trials, checkpoints)
+  <storage>/tune/<experiment>/<target>-round-<n>/study.json  what the round was started with
+  <storage>/tune/<experiment>/<target>-round-<n>/train/      Ray Train runs of W > 1 trials
+  <storage>/tune/<experiment>/optuna-journal.log             Optuna storage, one study per target
+                                                             (object-store storage: in <run_dir> instead)
+
+Trial processes, wherever they run, touch only <storage> and the image cache; MLflow is written by
+the driver alone (``StudyLogger``), so no trial ever needs the tracking store.
 
 (One flat name per study: Tune stages driver files by experiment name, so studies running side by
 side in one process must not share a name.)
@@ -36,7 +42,6 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from raypipe import fsio
 from raypipe.config import TrainConfig, from_dict, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
 from raypipe.data.targets import Target, all_targets, parse_target
@@ -45,13 +50,18 @@ from raypipe.models.losses import build_loss
 from raypipe.tracking.runs import experiment_id, flat_params, git_sha, tracking_uri
 from raypipe.tracking.study_runs import StudyLogger, find_or_create_parent
 from raypipe.train.job import check_choices, make_job
+from raypipe.train.launch import Storage, join_uri, list_names, read_text, write_text
 from raypipe.train.loop import TrainJob
 from raypipe.tune import optuna_store
 from raypipe.tune.spaces import SearchSpace, load_space
 from raypipe.tune.state import StudyState, trial_number
-from raypipe.tune.trial import ReleaseTrainWorkers, run_trial
+from raypipe.tune.trial import ReleaseTrainWorkers, TagTrialNode, run_trial
 
 OPTUNA_FILE = "optuna-journal.log"
+# Retries of a trial whose process died (a lost node, an out-of-memory kill) or raised: it restarts
+# from its last checkpoint. Tune cannot tell a lost node from a bug, so one retry only (a raising trial
+# runs twice). A W > 1 trial's Train run also restarts its own dead workers (launch.py).
+TRIAL_MAX_FAILURES = 1
 
 
 @dataclass
@@ -64,6 +74,7 @@ class TuneOptions:
     seed: int = 0
     resume: bool = False
     verbose: bool = False
+    storage: str | None = None  # --storage / $RAYPIPE_STORAGE; None = the run dir
 
 
 @dataclass
@@ -75,7 +86,8 @@ class Study:
     job: TrainJob
     data_hash: str
     split_hash: str
-    root: Path  # <run_dir>/tune/<experiment> (absolute: trials run in other working directories)
+    storage: Storage
+    journal_dir: Path  # where the Optuna journal lives (absolute, on the driver)
     round: int
     state: StudyState = field(init=False)
 
@@ -91,12 +103,22 @@ class Study:
         return f"{self.experiment}/{self.slug}/round-{self.round}"
 
     @property
-    def path(self) -> Path:
-        return self.root / f"{self.slug}-round-{self.round}"
+    def root(self) -> str:
+        """``<storage>/tune/<experiment>``: Tune's storage_path (a path or a URI)."""
+        return self.storage.join("tune", self.experiment)
+
+    @property
+    def name(self) -> str:
+        return f"{self.slug}-round-{self.round}"
+
+    @property
+    def path(self) -> str:
+        """This round's Tune experiment directory (a path or a URI)."""
+        return join_uri(self.root, self.name)
 
     @property
     def optuna_storage(self) -> Path:
-        return self.root / OPTUNA_FILE
+        return self.journal_dir / OPTUNA_FILE
 
     @property
     def optuna_name(self) -> str:
@@ -128,38 +150,52 @@ class StudyOutcome:
 # ------------------------------------------------------------------------------------ planning
 def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, base: TrainConfig,
          overrides: dict[str, Any], run_dir: Path, experiment: str, options: TuneOptions,
-         source: str = "auto", progress: Progress | None = None) -> list[Study]:
+         source: str = "auto", progress: Progress | None = None,
+         per_target: dict[str, Any] | None = None) -> list[Study]:
     """One checked ``Study`` per target; ``target_specs`` may be ``["all"]`` (age + every
-    projection x age-group fracture model)."""
+    projection x age-group fracture model). ``per_target`` (a pipeline config's ``tune.per_target``)
+    gives targets under a spec prefix their own train settings (backbone, image size...) and space."""
     if options.trials < 1:
         raise InputError("--trials", f"must be at least 1, got {options.trials}")
     if options.workers_per_trial < 1 or options.gpus_per_trial < 0:
         raise InputError("--workers-per-trial", "needs W >= 1 and G >= 0")
     resources = {"workers": options.workers_per_trial, "use_gpu": options.gpus_per_trial > 0}
+    storage = Storage.resolve(options.storage, run_dir)
+    tracking_uri(run_dir)  # a tracking server that does not answer stops us now, not after the data work
     prepared_by_key: dict[tuple, PreparedData] = {}
     studies: list[Study] = []
     explicit = target_specs != ["all"]
+    _check_per_target(per_target or {}, base)
     for target in _targets(target_specs, base):
-        space = load_space(space_spec or target.kind, base)
-        if searched := sorted(set(overrides) & set(space.names)):
-            raise InputError("--set", f"{searched[0]} is searched by {space.path}; drop it there to fix it",
-                             field=searched[0])
-        cfg = from_dict(TrainConfig, {**to_dict(base), **space.fixed, **overrides, **resources}, space.path)
+        own = _settings_for(per_target or {}, target.name)
+        space = load_space(own.get("space") or space_spec or target.kind, base)
+        for origin, fixed in (("--set", overrides), (f"tune.per_target ({target.name})", own["train"])):
+            if searched := sorted(set(fixed) & set(space.names)):
+                raise InputError(origin, f"{searched[0]} is searched by {space.path}; drop it there to fix it",
+                                 field=searched[0])
+        cfg = from_dict(TrainConfig, {**to_dict(base), **space.fixed, **own["train"], **overrides, **resources},
+                        space.path)
         check_choices(cfg, str(space.path))
         key = (split_params(cfg), cfg.image_size, cfg.masking)
         if key not in prepared_by_key:
-            prepared_by_key[key] = prepare(data, cfg, run_dir, source, progress)
+            prepared_by_key[key] = prepare(data, cfg, run_dir, source, progress,
+                                           cache_root=storage.cache_root(run_dir))
         prepared = prepared_by_key[key]
-        job = make_job(prepared, target, cfg)
-        _check_losses(space, cfg, job)
-        if (reason := _untunable(job)) is not None:
+        try:
+            job = make_job(prepared, target, cfg)
+            reason = _untunable(job)
+        except InputError as exc:  # e.g. no images of this group in a split: a small data set under --all
+            job, reason = None, exc.reason
+        if reason is None:
+            _check_losses(space, cfg, job)
+        else:
             if explicit:
                 raise InputError(f"target {target.name}", reason)
             warnings.warn(f"skipping {target.name}: {reason}", stacklevel=2)
             continue
-        root = (Path(run_dir) / "tune" / experiment).resolve()
-        studies.append(Study(experiment, target, space, cfg, job, prepared.data_hash, prepared.split_hash, root,
-                             _round(root, options.resume, target)))
+        root = storage.join("tune", experiment)
+        studies.append(Study(experiment, target, space, cfg, job, prepared.data_hash, prepared.split_hash, storage,
+                             storage.journal_dir(run_dir, experiment), _round(root, options.resume, target)))
     if not studies:
         raise InputError("--target", "no target has enough data to tune")
     if options.resume:
@@ -195,6 +231,32 @@ def _check_losses(space: SearchSpace, cfg: TrainConfig, job: TrainJob) -> None:
             raise InputError(space.path, f"{exc} (target {job.target})", field="params.loss") from None
 
 
+def _check_per_target(per_target: dict[str, Any], base: TrainConfig) -> None:
+    from raypipe.data.groups import get_scheme
+
+    scheme = get_scheme(base.age_scheme)
+    for spec, entry in per_target.items():
+        where = f"tune.per_target.{spec}"
+        try:
+            parse_target(spec, scheme)
+        except ValueError as exc:
+            raise InputError("tune.per_target", str(exc), field=spec) from None
+        if not isinstance(entry, dict) or set(entry) - {"train", "space"}:
+            raise InputError(where, "expected a mapping with `train` and/or `space`, got "
+                             f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+        from_dict(TrainConfig, {**to_dict(base), **(entry.get("train") or {})}, where)  # unknown keys, types
+
+
+def _settings_for(per_target: dict[str, Any], name: str) -> dict[str, Any]:
+    """Merge the entries whose spec is ``name`` or a prefix of it, the most specific last."""
+    merged: dict[str, Any] = {"train": {}, "space": None}
+    for spec in sorted(per_target, key=lambda s: s.count("/")):
+        if name == spec or name.startswith(spec + "/"):
+            merged["train"] |= per_target[spec].get("train") or {}
+            merged["space"] = per_target[spec].get("space") or merged["space"]
+    return merged
+
+
 def _untunable(job: TrainJob) -> str | None:
     present = len(set(job.val_labels.tolist()))
     if present < 2:
@@ -202,10 +264,10 @@ def _untunable(job: TrainJob) -> str | None:
     return None
 
 
-def _round(root: Path, resume: bool, target: Target) -> int:
+def _round(root: str, resume: bool, target: Target) -> int:
     prefix = f"{target.name.replace('/', '-')}-round-"
-    rounds = sorted(int(p.name.removeprefix(prefix)) for p in root.glob(f"{prefix}*")
-                    if p.name.removeprefix(prefix).isdigit())
+    rounds = sorted(int(name.removeprefix(prefix)) for name in list_names(root)
+                    if name.startswith(prefix) and name.removeprefix(prefix).isdigit())
     if resume:
         if not rounds:
             raise InputError(str(root), f"nothing to resume for {target.name}: no earlier study")
@@ -214,10 +276,11 @@ def _round(root: Path, resume: bool, target: Target) -> int:
 
 
 def _check_resume(study: Study, options: TuneOptions) -> None:
-    record_path = study.path / "study.json"
-    if not record_path.exists():
+    record_path = join_uri(study.path, "study.json")
+    text = read_text(record_path)
+    if text is None:
         raise InputError(record_path, "missing: the study never started; run without --resume")
-    before = json.loads(record_path.read_text())
+    before = json.loads(text)
     now = study.record(options)
     for key in ("space_sha256", "split_hash", "trials", "workers_per_trial"):
         if before.get(key) != now[key]:
@@ -255,8 +318,9 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
     exp_id = experiment_id(client, studies[0].experiment, run_dir)
     loggers: dict[str, StudyLogger] = {}
     for study in studies:
+        study.journal_dir.mkdir(parents=True, exist_ok=True)
         if not options.resume:
-            fsio.write_text(study.path / "study.json", json.dumps(study.record(options), indent=2))
+            write_text(join_uri(study.path, "study.json"), json.dumps(study.record(options), indent=2))
         parent = _parent_run(client, exp_id, study, options)
         StudyState.open(study.key, total=options.trials, parent_run_id=parent)  # == study.state
         loggers[study.key] = StudyLogger(uri, exp_id, study.state)
@@ -299,7 +363,7 @@ def _trainable_name(study: Study) -> str:
 def _trainable(study: Study, options: TuneOptions):
     workers = options.workers_per_trial
     gpus_per_worker = options.gpus_per_trial / workers
-    fn = tune.with_parameters(run_trial, job=study.job, train_storage=str((study.path / "train").resolve()),
+    fn = tune.with_parameters(run_trial, job=study.job, train_storage=join_uri(study.path, "train"),
                               cpus_per_worker=options.cpus_per_worker, gpus_per_worker=gpus_per_worker)
     if workers == 1:
         resources = {"CPU": options.cpus_per_worker, "GPU": options.gpus_per_trial}
@@ -329,7 +393,7 @@ class PruneRecordingASHA(ASHAScheduler):
 def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: StudyLogger):
     name = _trainable_name(study)
     if options.resume:
-        return tune.Tuner.restore(str(study.path.resolve()), trainable=name, resume_errored=True)
+        return tune.Tuner.restore(study.path, trainable=name, resume_errored=True)
 
     from optuna.samplers import TPESampler
     from optuna.storages import JournalStorage
@@ -348,8 +412,9 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
                                     num_samples=options.trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=options.workers_per_trial == 1),
         run_config=tune.RunConfig(
-            name=study.path.name, storage_path=str(study.root), verbose=2 if options.verbose else 0,
-            callbacks=[logger, ReleaseTrainWorkers()],
+            name=study.name, storage_path=study.root, verbose=2 if options.verbose else 0,
+            callbacks=[logger, ReleaseTrainWorkers(), TagTrialNode(logger)],
+            failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,
                                                     checkpoint_score_order="max"),
         ),
@@ -362,6 +427,7 @@ def _parent_run(client: MlflowClient, exp_id: str, study: Study, options: TuneOp
             "raypipe.data_hash": study.data_hash, "raypipe.split_hash": study.split_hash,
             "raypipe.space": str(study.space.path), "raypipe.space_sha256": study.space.sha256,
             "raypipe.optuna_study": study.optuna_name, "raypipe.optuna_storage": str(study.optuna_storage),
+            "raypipe.tune_path": study.path,
             "raypipe.git_sha": git_sha(), "mlflow.source.name": "raypipe tune"}
     existing = client.search_runs([exp_id], f"tags.`raypipe.study` = '{study.key}'", max_results=1)
     run_id = find_or_create_parent(client, exp_id, study.key, f"{study.target.name} study (round {study.round})", tags)
@@ -416,4 +482,4 @@ def _tune_trials(study: Study) -> list:
     """Tune's trial objects of this round, read back from its saved experiment state."""
     from ray.tune import ExperimentAnalysis
 
-    return ExperimentAnalysis(str(study.path.resolve())).trials
+    return ExperimentAnalysis(study.path).trials

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raypipe.evaluate.clinical import bootstrap_ci, calibration, evaluate_test
+from raypipe.evaluate.clinical import bootstrap_ci, calibration, carried_threshold, evaluate_test
 
 
 def scored(n_patients: int, views: int = 2, seed: int = 0):
@@ -66,3 +66,21 @@ def test_subgroups_report_each_group_and_only_counts_for_small_or_one_class_grou
     assert set(groups) == {"0", "1", "2", "9"} and sum(g["n"] for g in groups.values()) == 200
     assert groups["9"] == {"n": 2}
     assert all(0 <= groups[k]["auroc"] <= 1 for k in "012")
+
+
+def test_carried_threshold_calls_the_same_fraction_positive_on_any_score_scale():
+    rng = np.random.default_rng(2)
+    for scores in (rng.uniform(0, 1, 500), rng.uniform(0.49, 0.51, 500), rng.beta(0.5, 5, 500)):
+        for rate in (0.0, 0.1, 0.37, 1.0):
+            t = carried_threshold(scores, rate)
+            assert abs((scores >= t).mean() - rate) <= 1 / len(scores)
+
+
+def test_subgroups_have_cis_around_their_estimate_and_small_groups_only_a_count():
+    y, p, patients = scored(200)
+    labels = np.where(np.arange(len(y)) < 390, "large", "tiny")  # 390 images vs 10 images
+    labels[-4:] = "four"
+    groups = evaluate_test(y, p, patients, 2, 0.5, n_boot=200, groups={"g": labels})["subgroups"]["g"]
+    low, high = groups["large"]["ci95"]
+    assert low <= groups["large"]["auroc"] <= high
+    assert groups["four"] == {"n": 4}
