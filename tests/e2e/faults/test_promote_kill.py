@@ -41,14 +41,16 @@ def test_killed_promotions_leave_the_champion_and_the_next_one_cleans_up(tuned, 
 
     # Make any new version win, so the kills land where it would take the alias.
     client.set_model_version_tag("faults.age", "1", "test_macro_f1", "-1.0")
-    for point in ("promote:trained", "promote:registered", "promote:deciding"):
+    # After registering (a version without an alias) and between tagging and moving the alias. A kill
+    # before registering (`promote:trained`) touches the registry not at all and costs CI another retrain.
+    for point in ("promote:registered", "promote:deciding"):
         killed = promote(synth_data, run_dir, fault=point)
         assert killed.returncode == -9, (point, killed.stdout[-2000:], killed.stderr[-2000:])
         assert champion(client) == "1", point  # still the old one, and it exists
 
     exp_id = client.get_experiment_by_name("faults").experiment_id
     status = sorted(r.info.status for r in client.search_runs([exp_id], "tags.`raypipe.kind` = 'promote'"))
-    assert status == ["FAILED", "FAILED", "FINISHED", "RUNNING"]  # each promotion closes the dead before it
+    assert status == ["FAILED", "FINISHED", "RUNNING"]  # each promotion closes the dead before it
 
     last = promote(synth_data, run_dir)
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
@@ -57,5 +59,5 @@ def test_killed_promotions_leave_the_champion_and_the_next_one_cleans_up(tuned, 
     assert champion(client) == "4"
     assert client.get_model_version("faults.age", "4").tags["previous_champion"] == "1"
     runs = client.search_runs([exp_id], "tags.`raypipe.kind` = 'promote'")
-    assert sorted(r.info.status for r in runs) == ["FAILED"] * 3 + ["FINISHED"] * 2
+    assert sorted(r.info.status for r in runs) == ["FAILED"] * 2 + ["FINISHED"] * 2
     assert client.get_registered_model("faults.age").aliases == {"champion": 4}  # one alias, no challenger
