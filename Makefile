@@ -84,15 +84,16 @@ cluster-down:
 lint: install
 	$(VENV)/bin/ruff check raypipe tests benchmarks
 
-# Benchmarks 1-3 of benchmarks/README.md (~20 min on 2 CPU cores), each in a temporary run dir; the JSON
-# of each lands in $(RUN_DIR)/bench/ and is printed. BENCH_SEEDS=3 gives the full search-quality figure.
+# Benchmarks 1-3 of benchmarks/README.md, sized to finish in < 20 min on 2 CPU cores (W=2 overhead on 2
+# trials, search quality on 1 seed: BENCH_SEEDS=3 for the full figure, ~+25 min). Each runs in a temporary
+# run dir; its JSON lands in $(RUN_DIR)/bench/ and is printed.
 BENCH_SEEDS ?= 1
 bench: install
 	@mkdir -p $(RUN_DIR)/bench
 	$(PY) benchmarks/input_pipeline.py > $(RUN_DIR)/bench/input_pipeline.json && cat $(RUN_DIR)/bench/input_pipeline.json
-	$(PY) benchmarks/trial_overhead.py --w2-trials 4 > $(RUN_DIR)/bench/trial_overhead.json \
+	$(PY) benchmarks/trial_overhead.py --modes bare,tune_w1,tune_w2 --w2-trials 2 > $(RUN_DIR)/bench/trial_overhead.json \
 	  && cat $(RUN_DIR)/bench/trial_overhead.json
-	$(PY) benchmarks/search_quality.py --seeds $(BENCH_SEEDS) > $(RUN_DIR)/bench/search_quality.json \
+	$(PY) benchmarks/search_quality.py --seeds $(BENCH_SEEDS) --bootstrap 500 > $(RUN_DIR)/bench/search_quality.json \
 	  && cat $(RUN_DIR)/bench/search_quality.json
 
 mlflow-ui: install

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.e2e.conftest import REPO
 
-TRIALS = 3
+TRIALS = 2
 TIMING = {"epoch_seconds", "time_this_iter_s", "time_total_s", "timestamp"}
 
 
