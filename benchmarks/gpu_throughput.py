@@ -10,7 +10,7 @@ input on the GPU, and raypipe's training step (AdamW, focal loss, grad clipping 
 timed: this is the model's side of the pipeline (``input_pipeline.py`` measures the other side).
 
 Variants, each at every batch size:
-  fp32          the seed scripts: fp32, NCHW, eager
+  fp32          the seed scripts: fp32, NCHW, eager (PyTorch's TF32 defaults: matmul off, cuDNN convolutions on)
   bf16_cl       bf16 autocast + channels_last (what ``train/loop.py`` does on CUDA with ``amp: true``)
   bf16_cl_compile   the same with ``torch.compile(model)`` (compile time reported apart, not in images/s)
 
@@ -92,6 +92,7 @@ def run_one(backbone: str, size: int, batch: int, variant: str, device: torch.de
     compile_s = None
     step_model = model
     if variant.endswith("compile"):
+        torch._dynamo.reset()  # a fresh compile per (model, batch size); no cache-size limit across the sweep
         step_model = torch.compile(model)
     x = torch.randn(batch, 1, size, size, device=device)
     if amp:
@@ -161,9 +162,8 @@ def main() -> None:
         variants = [v for v in variants if not v.endswith("compile")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke test)"
     peak, peak_label = (args.peak_tflops, "--peak-tflops") if args.peak_tflops else peak_for(name)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the seeds' setting)
-        torch.backends.cudnn.allow_tf32 = False
+    # PyTorch's defaults are kept (the seeds changed none): fp32 matmuls in full fp32, cuDNN convolutions in TF32.
+    tf32 = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     started = time.perf_counter()
     flops: dict[str, float] = {}
     results: list[dict[str, Any]] = []
@@ -205,7 +205,7 @@ def main() -> None:
         best[backbone] = per_variant
     emit({
         "benchmark": "gpu_throughput", **info, "device": name, "peak_bf16_tflops": peak, "peak_source": peak_label,
-        "cuda_version": torch.version.cuda, "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup,
+        "cuda_version": torch.version.cuda, "tf32_allowed": tf32, "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup,
         "forward_gflops_per_image": {k: round(v / 1e9, 3) for k, v in flops.items()},
         "best_per_variant": best, "results": results, "wall_seconds": round(time.perf_counter() - started, 1),
         **({"note": "cpu smoke test of the script, not a figure"} if device.type == "cpu" else {}),

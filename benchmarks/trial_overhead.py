@@ -291,27 +291,34 @@ def _trial_accounting(root: Path, experiment: str, timers: Timers) -> dict[str, 
 
 # ------------------------------------------------------------------------------------------ parent
 def run_child(mode: str, args: argparse.Namespace, root: Path, data: Path, config: Path, space: Path) -> dict:
+    """One mode in a fresh process; a failed run is retried once in a fresh run dir (on a shared machine
+    someone's `ray stop --force` ends every local Ray cluster) and the retry is reported."""
     trials = args.w2_trials if mode == "tune_w2" and args.w2_trials else args.trials
-    argv = [sys.executable, __file__, "--_child", mode, "--_root", str(root / mode), "--_data", str(data),
-            "--_config", str(config), "--_space", str(space), "--trials", str(trials),
-            "--epochs", str(args.epochs), "--image-size", str(args.image_size)]
-    # Share the prebuilt manifest/split/cache: each mode's run dir links the parent's data folders.
-    (root / mode).mkdir(parents=True, exist_ok=True)
-    for sub in ("data", "cache"):
-        link = root / mode / sub
-        if not link.exists():
-            link.symlink_to(root / "shared" / sub, target_is_directory=True)
     env = clean_env(OMP_NUM_THREADS="1") if mode in ("bare", "loop") else clean_env()
-    say(f"{mode}: {trials} trials x {args.epochs} epochs ...")
-    started = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE,
-                          text=True, env=env)
-    process_wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        tail = (proc.stderr or "")[-3000:]
-        raise SystemExit(f"{mode} failed (exit {proc.returncode}):\n{tail}")
+    for attempt in range(2):
+        mode_dir = root / (mode if attempt == 0 else f"{mode}-retry")
+        # Share the prebuilt manifest/split/cache: each mode's run dir links the parent's data folders.
+        mode_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("data", "cache"):
+            if not (mode_dir / sub).exists():
+                (mode_dir / sub).symlink_to(root / "shared" / sub, target_is_directory=True)
+        argv = [sys.executable, __file__, "--_child", mode, "--_root", str(mode_dir), "--_data", str(data),
+                "--_config", str(config), "--_space", str(space), "--trials", str(trials),
+                "--epochs", str(args.epochs), "--image-size", str(args.image_size)]
+        say(f"{mode}: {trials} trials x {args.epochs} epochs ...")
+        started = time.perf_counter()
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.PIPE,
+                              text=True, env=env)
+        process_wall = time.perf_counter() - started
+        if proc.returncode == 0:
+            break
+        tail = "\n".join(ln for ln in (proc.stderr or "").splitlines() if "state-dump" not in ln)[-2000:]
+        if attempt == 1:
+            raise SystemExit(f"{mode} failed twice (exit {proc.returncode}):\n{tail}")
+        say(f"{mode} failed (exit {proc.returncode}), retrying once:\n{tail}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = process_wall
+    result["retried"] = attempt == 1
     say(f"{mode}: wall {result['wall_s']:.1f} s, in-epoch {result['in_epoch_s']:.1f} s, "
         f"{result['trial_epochs']} trial-epochs (process {process_wall:.1f} s)")
     return result
@@ -325,7 +332,8 @@ def summarise(results: dict[str, dict], trials: int) -> dict[str, Any]:
     for mode, r in results.items():
         n = r["trials"]
         overhead = r["wall_s"] - r["in_epoch_s"]
-        row = {"trials": n, "wall_s": round(r["wall_s"], 2), "process_wall_s": round(r["process_wall_s"], 2),
+        row = {"trials": n, "retried": r.get("retried", False), "wall_s": round(r["wall_s"], 2),
+               "process_wall_s": round(r["process_wall_s"], 2),
                "in_epoch_s": round(r["in_epoch_s"], 2), "trial_epochs": r["trial_epochs"],
                "overhead_s": round(overhead, 2), "overhead_per_trial_s": round(overhead / n, 2)}
         if mode.startswith("tune"):
