@@ -89,8 +89,8 @@ def test_trials_land_on_both_nodes_with_shared_storage_and_a_tracking_server(two
 
 def test_losing_the_worker_node_mid_study_retries_its_trial_on_the_head(two_nodes, mlflow_server, synth_data,
                                                                         tmp_path):
-    # ASHA's first decision is at epoch 9 // 3 = 3: the trial seen at epoch 1 is still running two epochs
-    # later, whatever it scores, when its node goes.
+    # ASHA's first decision is at epoch 9 // 3 = 3: the trial seen at epoch 2 is still running when its
+    # node goes, whatever it scores.
     trials, epochs = 3, 9
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env |= two_nodes.env | {"MLFLOW_TRACKING_URI": mlflow_server, "PYTHONUNBUFFERED": "1"}
@@ -110,7 +110,9 @@ def test_losing_the_worker_node_mid_study_retries_its_trial_on_the_head(two_node
                 continue
             running = client.search_runs([exp.experiment_id], f"tags.`raypipe.node` = '{two_nodes.worker}' "
                                          "and attributes.status = 'RUNNING'", max_results=1)
-            if running:
+            # Wait for its second epoch: by then the driver has registered the first epoch's checkpoint for
+            # certain (a node lost right at the trial's first report may leave it no checkpoint to resume).
+            if running and len(client.get_metric_history(running[0].info.run_id, "val_auroc")) >= 2:
                 lost = running[0]
                 two_nodes.remove_worker()
         assert lost is not None, "no trial ran on the worker node: " + log.read_text()[-3000:]
