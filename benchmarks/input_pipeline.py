@@ -106,15 +106,20 @@ def _samples_for(ds: Dataset, workers: int, seconds: float, batch: int) -> int:
 
 
 def augment_cost(cache, augment: float, draws: int = 200) -> dict[str, float]:
-    """Milliseconds per image of the whole augmentation and of each transform alone (each at its own p),
-    on real cached images, in this process: what the cached path spends its time on."""
+    """Milliseconds per image of the whole augmentation and of each transform alone (each at its own p, in
+    a Compose of its own: ``compose_overhead`` is that of an empty one), on real cached images, in this
+    process: what the cached path spends its time on."""
     transform = build_transforms(augment, train=True)
     if transform is None:
         return {}
-    imgs = [np.ascontiguousarray(cache.get(i % len(cache))) for i in range(draws)]
+    # Copies, not memmap views: otherwise the first transform timed also pays for paging the images in.
+    imgs = [np.array(cache.get(i % len(cache)), copy=True) for i in range(draws)]
     out = {}
-    for name, fn in [("all", transform)] + [(type(t).__name__, A.Compose([t])) for t in transform.transforms]:
+    alone = [(type(t).__name__, A.Compose([t])) for t in transform.transforms]
+    for name, fn in [("all", transform), *alone, ("compose_overhead", A.Compose([]))]:
         fn.set_random_state(np.random.default_rng(0), random.Random(0))
+        for img in imgs[:10]:  # warm-up: lazily built state (CLAHE's tiles, kernels) is not per-image cost
+            fn(image=img)
         started = time.perf_counter()
         for img in imgs:
             fn(image=img)
