@@ -91,7 +91,7 @@ lint: install
 	$(VENV)/bin/ruff check raypipe tests benchmarks
 
 # Benchmarks 1-3 of benchmarks/README.md, sized to finish in < 20 min on 2 CPU cores (W=2 overhead on 2
-# trials, search quality on 1 seed: BENCH_SEEDS=3 for the full figure, ~+25 min). Each runs in a temporary
+# trials, search quality on 1 seed: BENCH_SEEDS=3 for the full figure, ~+15 min). Each runs in a temporary
 # run dir; its JSON lands in $(RUN_DIR)/bench/ and is printed.
 BENCH_SEEDS ?= 1
 bench: install
