@@ -20,16 +20,14 @@ it peaked, tested once on the fixed test set, patient-level bootstrap 95% CI). R
 strategy: trial-epochs spent, trials, best validation AUROC, and the promoted model's test AUROC with its
 CI. A seed changes the split (``TrainConfig.seed``: split, initialisation, sampler) and the searcher's seed.
 
-raypipe has no option for the searcher, the scheduler or an epoch budget, so the random-search and budget
-pieces are hooks installed here, in the driver only (see ``strategy_hooks``): Optuna's ``TPESampler`` replaced
-by ``RandomSampler``, raypipe's ASHA by FIFO, and a Tune ``Stopper`` in the study's ``RunConfig`` that ends a
-study once it has reported ``--budget`` epochs.
+The strategies are raypipe's own tune options (``TuneOptions`` / ``raypipe tune --searcher --scheduler
+--epoch-budget``): random = ``searcher=random, scheduler=fifo``, TPE + ASHA = the defaults, both with
+``epoch_budget`` = ``--budget``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -38,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,65 +45,6 @@ from _common import FOREIGN_ENV, clean_env, emit, machine, reserve_stdout, run_d
 STRATEGIES = ("seed_fixed", "random", "tpe_asha")
 SEED_CONFIG = {"lr": 1.0e-5, "loss": "focal", "focal_alpha": 0.25, "focal_gamma": 2.0, "sampler": "weighted",
                "sampler_power": 1.0, "patience": 15}
-
-
-# ----------------------------------------------------------------------------- hooks (driver only)
-def budget_stopper(budget: int):
-    """A Tune ``Stopper``: the study ends once its trials have reported ``budget`` epochs in total."""
-    from ray.tune import Stopper
-
-    class BudgetStopper(Stopper):
-        def __init__(self) -> None:
-            self.budget, self.seen = budget, set()
-
-        @property
-        def used(self) -> int:
-            return len(self.seen)
-
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            if "epoch" in result:  # a trial's final result repeats its last epoch: count (trial, epoch) once
-                self.seen.add((trial_id, result["epoch"]))
-            return self.used >= self.budget
-
-        def stop_all(self) -> bool:
-            return self.used >= self.budget
-
-    return BudgetStopper()
-
-
-@contextlib.contextmanager
-def strategy_hooks(strategy: str, budget: int) -> Iterator[None]:
-    """Install what raypipe's tune has no option for; everything is restored on exit."""
-    import optuna.samplers
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from raypipe.tune import study as studies_mod
-
-    saved = [(tune, "RunConfig", tune.RunConfig), (optuna.samplers, "TPESampler", optuna.samplers.TPESampler),
-             (studies_mod, "PruneRecordingASHA", studies_mod.PruneRecordingASHA)]
-    class RunConfigWithBudget(tune.RunConfig):  # a subclass: Tune checks isinstance(run_config, tune.RunConfig)
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("stop", budget_stopper(budget))  # one stopper per study: RunConfig is built per study
-            super().__init__(*args, **kwargs)
-
-    class Fifo(FIFOScheduler):
-        def __init__(self, state, monitor: str, epochs: int) -> None:  # PruneRecordingASHA's signature
-            super().__init__()
-
-    def random_sampler(seed: int | None = None, **_: Any):
-        return optuna.samplers.RandomSampler(seed=seed)
-
-    try:
-        if strategy in ("random", "tpe_asha"):
-            tune.RunConfig = RunConfigWithBudget
-        if strategy == "random":
-            optuna.samplers.TPESampler = random_sampler
-            studies_mod.PruneRecordingASHA = Fifo
-        yield
-    finally:
-        for owner, attr, value in saved:
-            setattr(owner, attr, value)
 
 
 # ------------------------------------------------------------------------------------------ study
@@ -143,11 +81,13 @@ def tune_strategy(strategy: str, seed: int, args: argparse.Namespace, experiment
         # enough trials for ASHA to spend the budget (pruned trials run 1-2 epochs); raypipe starts TPE after
         # min(10, trials // 2) random trials, so this also sets TPE's start-up
         trials = math.ceil(3 * args.budget / args.epochs)
-    options = studies_mod.TuneOptions(trials=trials, seed=seed)
-    with strategy_hooks(strategy, args.budget):
-        planned = studies_mod.plan(data, args.targets, space_files(root, args)[strategy], base, {}, root,
-                                   experiment, options)
-        outcomes = studies_mod.run(planned, options, root)
+    searched = strategy != "seed_fixed"  # the seed config is one run of `budget` epochs: nothing to cap
+    options = studies_mod.TuneOptions(trials=trials, seed=seed, searcher="random" if strategy == "random" else "tpe",
+                                      scheduler="fifo" if strategy == "random" else "asha",
+                                      epoch_budget=args.budget if searched else None)
+    planned = studies_mod.plan(data, args.targets, space_files(root, args)[strategy], base, {}, root,
+                               experiment, options)
+    outcomes = studies_mod.run(planned, options, root)
     client = MlflowClient(tracking_uri(root))
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     rows = []

@@ -10,7 +10,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from raypipe.config import TrainConfig, from_dict, load_preset, load_train_config, to_dict
+from raypipe.config import TrainConfig, check_value, from_dict, load_preset, load_train_config, to_dict
 from raypipe.console import console, err_console, progress_bar
 from raypipe.errors import EXIT_INPUT, InputError
 
@@ -159,7 +159,13 @@ def tune(
     cpus_per_worker: float = 1.0,
     max_concurrent: Annotated[int | None, typer.Option(help="Trials per study at once (default: what the "
                                                        "cluster's CPUs allow).")] = None,
-    seed: Annotated[int, typer.Option(help="TPE sampler seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
+    searcher: Annotated[str | None, typer.Option(help="tpe (default) or random: a baseline for the same "
+                                                 "space.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="asha (default: stops weak trials early) or fifo "
+                                                  "(every trial runs all its epochs).")] = None,
+    epoch_budget: Annotated[int | None, typer.Option(help="Trial-epochs per study: it ends once its trials "
+                                                     "have reported that many (default: no cap).")] = None,
     config: Config = None,
     preset: Preset_ = None,
     epochs: int | None = None,
@@ -172,7 +178,7 @@ def tune(
                                                    "config name).")] = None,
     source: Source = "auto",
 ) -> None:
-    """Tune one study per target (Optuna TPE + ASHA on Ray Tune); every trial is an MLflow child run."""
+    """Tune one study per target (Optuna TPE + ASHA on Ray Tune by default); every trial is an MLflow child run."""
     from raypipe.tune.spaces import read_space
 
     base, data, _, chosen = _resolve_inputs(preset, config, data, None)
@@ -185,6 +191,9 @@ def tune(
     from_dict(TrainConfig, {**to_dict(base), **overrides}, "--set")
     if space or (plan_defaults and plan_defaults.space):
         read_space(space or plan_defaults.space)
+    for name, value in (("searcher", searcher), ("scheduler", scheduler), ("epoch_budget", epoch_budget)):
+        if value is not None and (why := check_value(name, value)):
+            raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
 
     from raypipe.tune import study as studies_mod
     from raypipe.tune.progress import ProgressBoard
@@ -193,7 +202,10 @@ def tune(
         trials=trials or (plan_defaults.trials if plan_defaults else 8), workers_per_trial=workers_per_trial,
         gpus_per_trial=gpus_per_trial, cpus_per_worker=cpus_per_worker,
         max_concurrent=max_concurrent or (plan_defaults.max_concurrent if plan_defaults else None),
-        seed=seed, resume=resume, verbose=verbose, storage=storage)
+        seed=seed, resume=resume, verbose=verbose, storage=storage,
+        searcher=searcher or (plan_defaults.searcher if plan_defaults else "tpe"),
+        scheduler=scheduler or (plan_defaults.scheduler if plan_defaults else "asha"),
+        epoch_budget=epoch_budget or (plan_defaults.epoch_budget if plan_defaults else None))
     experiment = experiment or preset or (config.stem if config else "raypipe")
     space = space or (plan_defaults.space if plan_defaults else None)
     with progress_bar("decoding images into the cache") as progress:

@@ -71,6 +71,9 @@ class TunePlan:
     trials: int = 8  # per target
     space: str | None = None  # a file for every target; None = search_spaces/<age|fracture>.yaml
     max_concurrent: int | None = None  # trials per study at once; None = what the cluster's CPUs allow
+    searcher: str = "tpe"  # tpe (Optuna TPE) | random (Optuna's RandomSampler: a baseline)
+    scheduler: str = "asha"  # asha (stops weak trials early) | fifo (every trial runs all its epochs)
+    epoch_budget: int | None = None  # trial-epochs per study; the study ends once it has reported that many
     # target spec prefix -> {train: {TrainConfig overrides}, space: file}: e.g. `age: {train: {image_size:
     # 96}}`, `fracture/Lat: {space: lat.yaml}`; the more specific prefix wins (checked in tune/study.py)
     per_target: dict[str, Any] = field(default_factory=dict)
@@ -120,9 +123,11 @@ RANGES: dict[str, tuple] = {
     "test_per_class": _at_least(0), "val_fraction": _between(0, 1, high_open=True), "loader_workers": _at_least(0),
     "workers": _at_least(1), "seed": _between(0, 2**32 - 1), "patients": _at_least(1), "height": _at_least(32),
     "width": _at_least(32), "trials": _at_least(1), "max_concurrent": _at_least(1), "bootstrap": _at_least(0),
-    "margin": _at_least(0),
+    "margin": _at_least(0), "epoch_budget": _at_least(1),
 }
 MASKING = ("off", "fill", "blur")
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "fifo")
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -131,8 +136,9 @@ def check_value(name: str, value: Any) -> str | None:
         ok, why = RANGES[name]
         if not math.isfinite(value) or not ok(value):
             return f"{why}, got {value!r}"
-    if name == "masking" and value not in MASKING:
-        return f"unknown masking {value!r} (known: {', '.join(MASKING)})"
+    for key, known in (("masking", MASKING), ("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
+        if name == key and value not in known:
+            return f"unknown {key} {value!r} (known: {', '.join(known)})"
     if name == "age_scheme" and isinstance(value, str):
         from raypipe.data.groups import get_scheme
 

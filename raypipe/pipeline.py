@@ -68,7 +68,8 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
                      f"{'built' if cache.built else 'reused'} {cache.directory}", say)
 
     options = studies.TuneOptions(trials=preset.tune.trials, max_concurrent=preset.tune.max_concurrent,
-                                  storage=storage)
+                                  searcher=preset.tune.searcher, scheduler=preset.tune.scheduler,
+                                  epoch_budget=preset.tune.epoch_budget, storage=storage)
     planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
                            experiment, options, source, per_target=preset.tune.per_target)
     tune_inputs = {"train": to_dict(preset.train), "tune": to_dict(preset.tune),

@@ -40,9 +40,9 @@ import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from raypipe.config import TrainConfig, from_dict, to_dict
+from raypipe.config import TrainConfig, check_value, from_dict, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
 from raypipe.data.targets import Target, all_targets, parse_target
 from raypipe.errors import InputError
@@ -75,6 +75,14 @@ class TuneOptions:
     resume: bool = False
     verbose: bool = False
     storage: str | None = None  # --storage / $RAYPIPE_STORAGE; None = the run dir
+    searcher: str = "tpe"  # config.SEARCHERS
+    scheduler: str = "asha"  # config.SCHEDULERS
+    epoch_budget: int | None = None  # trial-epochs per study (EpochBudget); None = trials x epochs at most
+
+    def __post_init__(self) -> None:
+        for name in ("trials", "max_concurrent", "seed", "searcher", "scheduler", "epoch_budget"):
+            if getattr(self, name) is not None and (why := check_value(name, getattr(self, name))):
+                raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
 
 
 @dataclass
@@ -390,29 +398,56 @@ class PruneRecordingASHA(ASHAScheduler):
         return decision
 
 
+class EpochBudget(tune.Stopper):
+    """Ends a study once its trials have reported ``budget`` epochs in total: equal-cost comparisons of
+    searchers and schedulers, and a cap on a study's compute whatever ASHA prunes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.seen = budget, set()
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if "epoch" in result:  # a trial's final result repeats its last epoch: count (trial, epoch) once
+            self.seen.add((trial_id, result["epoch"]))
+        return len(self.seen) >= self.budget
+
+    def stop_all(self) -> bool:
+        return len(self.seen) >= self.budget
+
+
+def _sampler(options: TuneOptions, study: Study):
+    from optuna.samplers import RandomSampler, TPESampler
+
+    # A new seed per round: a warm-started round must not replay the random start-up samples of the last.
+    seed = options.seed + study.round - 1
+    if options.searcher == "random":
+        return RandomSampler(seed=seed)
+    # Few start-up trials: the default 10 would leave a small study on random search throughout.
+    return TPESampler(seed=seed, n_startup_trials=min(10, max(2, options.trials // 2)))
+
+
 def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: StudyLogger):
     name = _trainable_name(study)
     if options.resume:
         return tune.Tuner.restore(study.path, trainable=name, resume_errored=True)
 
-    from optuna.samplers import TPESampler
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search.optuna import OptunaSearch
 
     monitor = study.job.monitor
-    # A new seed per round: a warm-started round must not replay the random start-up samples of the last.
-    # Few start-up trials: the default 10 would leave a small study on random search throughout.
-    sampler = TPESampler(seed=options.seed + study.round - 1, n_startup_trials=min(10, max(2, options.trials // 2)))
-    searcher = OptunaSearch(space=study.space.define, metric=monitor, mode="max", sampler=sampler, study_name=study.optuna_name,
+    searcher = OptunaSearch(space=study.space.define, metric=monitor, mode="max", sampler=_sampler(options, study),
+                            study_name=study.optuna_name,
                             storage=JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve()))))
+    scheduler = (FIFOScheduler() if options.scheduler == "fifo"
+                 else PruneRecordingASHA(study.state, monitor, study.cfg.epochs))
     return tune.Tuner(
         name,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=PruneRecordingASHA(study.state, monitor, study.cfg.epochs),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=options.trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=options.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=study.name, storage_path=study.root, verbose=2 if options.verbose else 0,
+            stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             callbacks=[logger, ReleaseTrainWorkers(), TagTrialNode(logger)],
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,
@@ -437,7 +472,9 @@ def _parent_run(client: MlflowClient, exp_id: str, study: Study, options: TuneOp
         params = flat_params("", fixed) | {"target": study.target.name, "space": study.space.path.name,
                                            "trials": str(options.trials),
                                            "workers_per_trial": str(options.workers_per_trial),
-                                           "gpus_per_trial": str(options.gpus_per_trial), "tune_seed": str(options.seed)}
+                                           "gpus_per_trial": str(options.gpus_per_trial), "tune_seed": str(options.seed),
+                                           "searcher": options.searcher, "scheduler": options.scheduler,
+                                           "epoch_budget": str(options.epoch_budget or "none")}
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     return run_id
 

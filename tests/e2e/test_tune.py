@@ -120,6 +120,20 @@ def test_optuna_study_persisted_and_matches_mlflow(study):
         assert not any(math.isnan(t.value) for t in trials)
 
 
+def test_random_search_without_asha_within_an_epoch_budget(synth_data, tmp_path):
+    # 4 trials x 4 epochs allowed, but a budget of 6 trial-epochs: the study stops once 6 are reported,
+    # and FIFO stops none early (whatever stops, stops for the budget).
+    tune(synth_data, tmp_path, "--target", "fracture/AP", "--trials", "4", "--max-concurrent", "1",
+         "--searcher", "random", "--scheduler", "fifo", "--epoch-budget", "6")
+    client, parents, children = layout(tmp_path)
+    parent = parents["fracture/AP"]
+    assert {k: parent.data.params[k] for k in ("searcher", "scheduler", "epoch_budget")} == \
+        {"searcher": "random", "scheduler": "fifo", "epoch_budget": "6"}
+    epochs = [len(client.get_metric_history(r.info.run_id, "train_loss")) for r in children["fracture/AP"]]
+    assert sorted(epochs) == [2, 4], epochs  # one trial at a time: 4 + 2, then the budget is spent
+    assert parent.data.metrics["trials_pruned"] == 0
+
+
 def test_ddp_trials_run_back_to_back_on_two_cpus(synth_data, tmp_path):
     """W=2: each trial drives a TorchTrainer (gloo); its workers' CPUs come back when the trial ends
     (ASHA stops trials by killing them, which in Ray 2.60 leaks the placement group otherwise)."""
