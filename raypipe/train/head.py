@@ -33,13 +33,10 @@ def _processes() -> dict[int, tuple[int, str]]:
     return out
 
 
-def head_processes(port: int) -> set[int]:
-    procs = _processes()
-    names_port = re.compile(rf"(?:127\.0\.0\.1:|gcs_server_port=|--port[= ]){port}(?:\s|$)")
-    roots = {pid for pid, (_, cmd) in procs.items() if "ray" in cmd and names_port.search(cmd)}
-    roots.discard(os.getpid())
+def with_descendants(roots: set[int], procs: dict[int, tuple[int, str]] | None = None) -> set[int]:
+    """``roots`` and every process below them."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
+    for pid, (ppid, _) in (procs if procs is not None else _processes()).items():
         children.setdefault(ppid, []).append(pid)
     tree, todo = set(roots), list(roots)
     while todo:
@@ -48,6 +45,14 @@ def head_processes(port: int) -> set[int]:
                 tree.add(child)
                 todo.append(child)
     return tree
+
+
+def head_processes(port: int) -> set[int]:
+    procs = _processes()
+    names_port = re.compile(rf"(?:127\.0\.0\.1:|gcs_server_port=|--port[= ]){port}(?:\s|$)")
+    roots = {pid for pid, (_, cmd) in procs.items() if "ray" in cmd and names_port.search(cmd)}
+    roots.discard(os.getpid())
+    return with_descendants(roots, procs)
 
 
 def alive(pid: int) -> bool:

@@ -40,7 +40,6 @@ import mlflow
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from raypipe.config import TrainConfig, check_value, from_dict, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
@@ -52,7 +51,7 @@ from raypipe.tracking.study_runs import StudyLogger, find_or_create_parent
 from raypipe.train.job import check_choices, make_job
 from raypipe.train.launch import Storage, join_uri, list_names, read_text, write_text
 from raypipe.train.loop import TrainJob
-from raypipe.tune import optuna_store
+from raypipe.tune import optuna_store, search
 from raypipe.tune.spaces import SearchSpace, load_space
 from raypipe.tune.state import StudyState, trial_number
 from raypipe.tune.trial import ReleaseTrainWorkers, TagTrialNode, run_trial
@@ -383,46 +382,9 @@ def _trainable(study: Study, options: TuneOptions):
     return tune.with_resources(fn, resources)
 
 
-class PruneRecordingASHA(ASHAScheduler):
-    """ASHA that remembers which trials it stopped before their last epoch: those are 'pruned'."""
-
-    def __init__(self, state: StudyState, monitor: str, epochs: int) -> None:
-        super().__init__(time_attr="epoch", metric=monitor, mode="max", max_t=epochs,
-                         grace_period=max(1, epochs // 3), reduction_factor=2)
-        self.state = state
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and result.get("epoch", 0) < self._max_t:
-            self.state.pruned.add(trial.trial_id)
-        return decision
-
-
-class EpochBudget(tune.Stopper):
-    """Ends a study once its trials have reported ``budget`` epochs in total: equal-cost comparisons of
-    searchers and schedulers, and a cap on a study's compute whatever ASHA prunes."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.seen = budget, set()
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        if "epoch" in result:  # a trial's final result repeats its last epoch: count (trial, epoch) once
-            self.seen.add((trial_id, result["epoch"]))
-        return len(self.seen) >= self.budget
-
-    def stop_all(self) -> bool:
-        return len(self.seen) >= self.budget
-
-
 def _sampler(options: TuneOptions, study: Study):
-    from optuna.samplers import RandomSampler, TPESampler
-
     # A new seed per round: a warm-started round must not replay the random start-up samples of the last.
-    seed = options.seed + study.round - 1
-    if options.searcher == "random":
-        return RandomSampler(seed=seed)
-    # Few start-up trials: the default 10 would leave a small study on random search throughout.
-    return TPESampler(seed=seed, n_startup_trials=min(10, max(2, options.trials // 2)))
+    return search.sampler(options.searcher, options.seed + study.round - 1, options.trials)
 
 
 def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: StudyLogger):
@@ -438,8 +400,7 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
     searcher = OptunaSearch(space=study.space.define, metric=monitor, mode="max", sampler=_sampler(options, study),
                             study_name=study.optuna_name,
                             storage=JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve()))))
-    scheduler = (FIFOScheduler() if options.scheduler == "fifo"
-                 else PruneRecordingASHA(study.state, monitor, study.cfg.epochs))
+    scheduler = search.scheduler(options.scheduler, study.state, monitor, study.cfg.epochs)
     return tune.Tuner(
         name,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -447,7 +408,7 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
                                     reuse_actors=options.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=study.name, storage_path=study.root, verbose=2 if options.verbose else 0,
-            stop=EpochBudget(options.epoch_budget) if options.epoch_budget else None,
+            stop=search.EpochBudget(options.epoch_budget) if options.epoch_budget else None,
             callbacks=[logger, ReleaseTrainWorkers(), TagTrialNode(logger)],
             failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=monitor,

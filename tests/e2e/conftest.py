@@ -34,3 +34,15 @@ def raypipe(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -
     full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "raypipe", *args], capture_output=True, text=True,
                           env=full_env, cwd=REPO, timeout=timeout)
+
+
+def study_runs(tracking_uri: str, experiment: str):
+    """(client, study parent runs, trial child runs) of an experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("raypipe.kind") == "study"]
+    kids = [r for r in runs if r.data.tags.get("raypipe.kind") == "trial"]
+    return client, parents, kids

@@ -30,6 +30,7 @@ import torch
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from raypipe.train.head import with_descendants
 from tests.conftest import write_grazpedwri
 from tests.e2e.conftest import REPO, raypipe
 
@@ -213,23 +214,6 @@ def test_pretrained_checkpoint_with_pickled_code_is_refused(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- listening ports
-def process_tree(root: int) -> set[int]:
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = {root}, [root]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in tree:
-                tree.add(child)
-                todo.append(child)
-    return tree
-
-
 def listening(pids: set[int]) -> list[tuple[str, int, str]]:
     """(address, port, process name) of every TCP socket the processes listen on, from /proc."""
     owner: dict[str, int] = {}
@@ -286,7 +270,7 @@ def test_local_ray_started_by_raypipe_listens_on_loopback_only() -> None:
         sockets: list = []
         for _ in range(10):  # agents come up after ray.init returns: wait until the set settles
             time.sleep(1)
-            tree = process_tree(driver.pid)
+            tree = with_descendants({driver.pid})
             now = listening(tree)
             if now and len(now) == len(sockets):
                 break

@@ -10,7 +10,8 @@ from optuna.samplers import RandomSampler, TPESampler
 
 from raypipe.config import Preset, from_dict
 from raypipe.errors import InputError
-from raypipe.tune.study import EpochBudget, TuneOptions, _sampler
+from raypipe.tune.search import EpochBudget
+from raypipe.tune.study import TuneOptions, _sampler
 
 
 def test_epoch_budget_counts_each_trial_epoch_once_and_then_stops_everything() -> None:

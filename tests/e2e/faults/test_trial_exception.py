@@ -10,12 +10,11 @@ samples 96 and the second 64, so a study of three sequential trials has both kin
 from __future__ import annotations
 
 import optuna
-from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray.tune import ExperimentAnalysis
 
-from tests.e2e.conftest import raypipe
+from tests.e2e.conftest import raypipe, study_runs
 
 TRIALS = 3
 SPACE = """\
@@ -34,10 +33,7 @@ def test_exception_in_one_trial_fails_that_trial_only(synth_data, tmp_path):
                    env={"RAYPIPE_FAULT": "raise:head_hidden=96"}, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # the study itself succeeded
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("faults")
-    parents = client.search_runs([exp.experiment_id], "tags.`raypipe.kind` = 'study'")
-    kids = client.search_runs([exp.experiment_id], "tags.`raypipe.kind` = 'trial'")
+    client, parents, kids = study_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "faults")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(kids) == TRIALS and len({k.data.tags["raypipe.trial_id"] for k in kids}) == TRIALS
     failed = [k for k in kids if k.data.params["head_hidden"] == "96"]

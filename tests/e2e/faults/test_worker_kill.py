@@ -12,13 +12,12 @@ import os
 
 import optuna
 import torch
-from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray.tune import ExperimentAnalysis
 from safetensors.torch import load_file
 
-from tests.e2e.conftest import raypipe
+from tests.e2e.conftest import raypipe, study_runs
 
 TRIALS = 1  # one DDP trial is enough to kill a rank in; each more costs ~25 s of CI
 
@@ -38,10 +37,7 @@ def test_sigkilled_ddp_worker_restarts_from_its_checkpoint(synth_data, tmp_path)
     except ProcessLookupError:
         pass
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("faults")
-    parents = client.search_runs([exp.experiment_id], "tags.`raypipe.kind` = 'study'")
-    kids = client.search_runs([exp.experiment_id], "tags.`raypipe.kind` = 'trial'")
+    client, parents, kids = study_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "faults")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(kids) == TRIALS and len({k.data.tags["raypipe.trial_id"] for k in kids}) == TRIALS
     assert all(k.info.status in ("FINISHED", "KILLED") for k in kids), [k.info.status for k in kids]

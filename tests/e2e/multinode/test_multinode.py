@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from tests.e2e.conftest import REPO, raypipe
+from tests.e2e.conftest import REPO, raypipe, study_runs
 from tests.e2e.multinode.conftest import free_port
 
 TINY = ["--set", "image_size=48", "--set", "test_per_class=3", "--target", "fracture", "--max-concurrent", "2"]
@@ -28,15 +28,6 @@ TINY = ["--set", "image_size=48", "--set", "test_per_class=3", "--target", "frac
 def tune_args(data: Path, tmp_path: Path, experiment: str, trials: int, epochs: int) -> list[str]:
     return ["tune", "--data", str(data), "--run-dir", str(tmp_path / "runs"), "--storage", str(tmp_path / "shared"),
             "--experiment", experiment, "--trials", str(trials), "--epochs", str(epochs), *TINY]
-
-
-def runs_of(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("raypipe.kind") == "study"]
-    kids = [r for r in runs if r.data.tags.get("raypipe.kind") == "trial"]
-    return client, parents, kids
 
 
 def optuna_states(tmp_path: Path, experiment: str, parent) -> list:
@@ -54,7 +45,7 @@ def test_trials_land_on_both_nodes_with_shared_storage_and_a_tracking_server(two
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"open the MLflow UI: {mlflow_server}" in proc.stdout
 
-    client, parents, kids = runs_of(mlflow_server, "mn")
+    client, parents, kids = study_runs(mlflow_server, "mn")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(kids) == trials and len({k.data.tags["raypipe.trial_id"] for k in kids}) == trials
     assert all(k.info.status in ("FINISHED", "KILLED") for k in kids)
@@ -123,7 +114,7 @@ def test_losing_the_worker_node_mid_study_retries_its_trial_on_the_head(two_node
             driver.wait()
     assert driver.returncode == 0, log.read_text()[-4000:]
 
-    _, parents, kids = runs_of(mlflow_server, "loss")
+    _, parents, kids = study_runs(mlflow_server, "loss")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(kids) == trials and len({k.data.tags["raypipe.trial_id"] for k in kids}) == trials
     assert all(k.info.status in ("FINISHED", "KILLED") for k in kids), [k.info.status for k in kids]
