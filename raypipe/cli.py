@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -166,6 +167,12 @@ def tune(
                                                   "(every trial runs all its epochs).")] = None,
     epoch_budget: Annotated[int | None, typer.Option(help="Trial-epochs per study: it ends once its trials "
                                                      "have reported that many (default: no cap).")] = None,
+    grace_period: Annotated[int | None, typer.Option(help="ASHA: epochs before a trial can be stopped "
+                                                     "(default: epochs / reduction factor).")] = None,
+    reduction_factor: Annotated[int | None, typer.Option(help="ASHA: 1 trial in this many goes on at each "
+                                                         "rung (default 2).")] = None,
+    startup_trials: Annotated[int | None, typer.Option(help="TPE: trials before it models the results, the "
+                                                       "base config included (default: trials / 3, 2-10).")] = None,
     config: Config = None,
     preset: Preset_ = None,
     epochs: int | None = None,
@@ -191,21 +198,20 @@ def tune(
     from_dict(TrainConfig, {**to_dict(base), **overrides}, "--set")
     if space or (plan_defaults and plan_defaults.space):
         read_space(space or plan_defaults.space)
-    for name, value in (("searcher", searcher), ("scheduler", scheduler), ("epoch_budget", epoch_budget)):
+    given = {"searcher": searcher, "scheduler": scheduler, "epoch_budget": epoch_budget, "grace_period": grace_period,
+             "reduction_factor": reduction_factor, "startup_trials": startup_trials}
+    for name, value in given.items():
         if value is not None and (why := check_value(name, value)):
             raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
 
     from raypipe.tune import study as studies_mod
     from raypipe.tune.progress import ProgressBoard
 
-    options = studies_mod.TuneOptions(
-        trials=trials or (plan_defaults.trials if plan_defaults else 8), workers_per_trial=workers_per_trial,
-        gpus_per_trial=gpus_per_trial, cpus_per_worker=cpus_per_worker,
-        max_concurrent=max_concurrent or (plan_defaults.max_concurrent if plan_defaults else None),
-        seed=seed, resume=resume, verbose=verbose, storage=storage,
-        searcher=searcher or (plan_defaults.searcher if plan_defaults else "tpe"),
-        scheduler=scheduler or (plan_defaults.scheduler if plan_defaults else "asha"),
-        epoch_budget=epoch_budget or (plan_defaults.epoch_budget if plan_defaults else None))
+    options = studies_mod.TuneOptions.from_plan(
+        plan_defaults, trials=trials, workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial,
+        cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=seed, resume=resume, verbose=verbose,
+        storage=storage, searcher=searcher, scheduler=scheduler, epoch_budget=epoch_budget,
+        grace_period=grace_period, reduction_factor=reduction_factor, startup_trials=startup_trials)
     experiment = experiment or preset or (config.stem if config else "raypipe")
     space = space or (plan_defaults.space if plan_defaults else None)
     with progress_bar("decoding images into the cache") as progress:
@@ -216,10 +222,11 @@ def tune(
     with ProgressBoard(console) as board:
         outcomes = studies_mod.run(planned, options, run_dir, on_tick=board.update)
     table = Table(title=f"best trial per target (experiment '{experiment}')", title_justify="left")
-    for column in ("target", "metric", "best", "trial", "finished", "pruned", "failed", "minutes"):
+    for column in ("target", "metric", "base config", "best", "trial", "finished", "pruned", "failed", "minutes"):
         table.add_column(column, justify="left" if column in ("target", "metric") else "right")
     for o in outcomes:
-        table.add_row(o.target, o.monitor, f"{o.best_value:.3f}" if o.best_trial else "-",
+        table.add_row(o.target, o.monitor, "-" if math.isnan(o.base_value) else f"{o.base_value:.3f}",
+                      f"{o.best_value:.3f}" if o.best_trial else "-",
                       f"#{o.best_trial}" if o.best_trial else "-", str(o.finished), str(o.pruned), str(o.failed),
                       f"{o.seconds / 60:.1f}")
     console.print(table)

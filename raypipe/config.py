@@ -74,6 +74,10 @@ class TunePlan:
     searcher: str = "tpe"  # tpe (Optuna TPE) | random (Optuna's RandomSampler: a baseline)
     scheduler: str = "asha"  # asha (stops weak trials early) | fifo (every trial runs all its epochs)
     epoch_budget: int | None = None  # trial-epochs per study; the study ends once it has reported that many
+    # How a study spends its trials (None = derived from trials and epochs: tune/search.py, README "Budgets")
+    grace_period: int | None = None  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: int = 2  # ASHA: at each rung, 1 trial in this many goes on
+    startup_trials: int | None = None  # TPE: trials (the base config included) before TPE models the results
     # target spec prefix -> {train: {TrainConfig overrides}, space: file}: e.g. `age: {train: {image_size:
     # 96}}`, `fracture/Lat: {space: lat.yaml}`; the more specific prefix wins (checked in tune/study.py)
     per_target: dict[str, Any] = field(default_factory=dict)
@@ -123,7 +127,8 @@ RANGES: dict[str, tuple] = {
     "test_per_class": _at_least(0), "val_fraction": _between(0, 1, high_open=True), "loader_workers": _at_least(0),
     "workers": _at_least(1), "seed": _between(0, 2**32 - 1), "patients": _at_least(1), "height": _at_least(32),
     "width": _at_least(32), "trials": _at_least(1), "max_concurrent": _at_least(1), "bootstrap": _at_least(0),
-    "margin": _at_least(0), "epoch_budget": _at_least(1),
+    "margin": _at_least(0), "epoch_budget": _at_least(1), "grace_period": _at_least(1),
+    "reduction_factor": _at_least(2), "startup_trials": _at_least(1),
 }
 MASKING = ("off", "fill", "blur")
 SEARCHERS = ("tpe", "random")

@@ -67,9 +67,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
     _record_prepared(record, "cache", f"{prepared.data_hash}:{cache.size}px:{cache.masking}",
                      f"{'built' if cache.built else 'reused'} {cache.directory}", say)
 
-    options = studies.TuneOptions(trials=preset.tune.trials, max_concurrent=preset.tune.max_concurrent,
-                                  searcher=preset.tune.searcher, scheduler=preset.tune.scheduler,
-                                  epoch_budget=preset.tune.epoch_budget, storage=storage)
+    options = studies.TuneOptions.from_plan(preset.tune, storage=storage)
     planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
                            experiment, options, source, per_target=preset.tune.per_target)
     tune_inputs = {"train": to_dict(preset.train), "tune": to_dict(preset.tune),

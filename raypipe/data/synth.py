@@ -133,7 +133,10 @@ def _plan(seed: int, patients: int, height: int, width: int) -> list[dict[str, A
         for study in range(1, int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2])) + 1):
             if study > 1:
                 age = min(19.0, round(age + rng.exponential(0.4), 1))
-            follow_up = fracture is not None and rng.random() < 0.85
+            # Follow-ups and casts come with normal findings as often as with fractures (a suspected,
+            # radiographically occult fracture is casted and re-imaged too): neither the study number, the
+            # initial-exam flag nor a cast may tell the label (tests/data/test_synth.py checks each).
+            follow_up = study > 1 and rng.random() < 0.8
             if not follow_up:
                 p_frac = 0.64 if age < 10 else 0.56 if age < 15 else 0.38
                 fracture = _fracture(rng, age, body) if rng.random() < p_frac else None
@@ -142,7 +145,7 @@ def _plan(seed: int, patients: int, height: int, width: int) -> list[dict[str, A
                 "patient_id": pid, "study_number": str(study), "timehash": str(rng.integers(10**9, 10**10)),
                 "gender": sex, "age": f"{age:.1f}", "laterality": side, "initial_exam": _flag(not follow_up),
                 "ao_classification": "; ".join(fracture["codes"]) if fracture else "",
-                "cast": _flag(follow_up and rng.random() < 0.5),
+                "cast": _flag(rng.random() < (0.45 if follow_up else 0.12)),
                 "diagnosis_uncertain": _flag(fracture is not None and rng.random() < 0.03),
                 "osteopenia": _flag(osteopenia), "fracture_visible": _flag(fracture is not None),
                 "metal": _flag(metal), "pixel_spacing": str(rng.choice(["0.1", "0.1", "0.1", "0.125", "0.144"])),
@@ -177,7 +180,7 @@ def _fracture(rng: np.random.Generator, age: float, body: dict) -> dict[str, Any
         "shift_ap": sign * rng.uniform(0.1, 0.35) if big else 0.0,
         "shift_lat": rng.uniform(0.15, 0.45) if big else 0.0,
         "codes": [AO_RADIUS[kind]] + ([AO_ULNA[ulna]] if ulna else []),
-        "severity": rng.uniform(0.3, 1.0),  # subtle to obvious, so the task does not saturate
+        "severity": rng.uniform(0.5, 1.0),  # subtle to obvious, so the task does not saturate
     }
 
 
@@ -329,24 +332,25 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
         f_shift = (-frac["shift_lat"] if lat else frac["shift_ap"] * spread) * r_meta * sev
         if frac["kind"] in ("sh1", "sh2") and gap > 0:
             yf = yp - gap / 2
-            radius = _break(radius, xr, yf, r_meta, 0.0, f_ang * 0.3, (f_shift * 0.6, 0.0), 0, rng)
+            radius = _break(radius, xr, yf, r_meta, 0.0, f_ang * 0.5, (f_shift, 0.0), 0, rng)
             if frac["kind"] == "sh2":  # Thurston-Holland metaphyseal corner
                 side = 1 if f_shift >= 0 else -1
                 cv2.line(radius, (round((xr + side * r_meta * 0.2) * 16), round(yp * 16)),
                          (round((xr + side * r_meta) * 16), round((yp + 0.05 * h * s) * 16)), 0.0,
-                         max(1, round(0.012 * w)), cv2.LINE_8, 4)
+                         max(2, round(0.03 * w)), cv2.LINE_8, 4)
         else:
             yf = yp + frac["level"] * h * s
             big = frac["kind"] != "buckle"
+            # sized to stay visible at the demo's 64 px (a 256 px film shrinks 4x): a gap of 2+ pixels there
             radius = _break(radius, xr, yf, r_meta, frac["tilt"], f_ang, (f_shift, 0.0),
-                            max(1.0, 0.015 * h) if big else 0.0, rng, 0.35 + 0.5 * sev)
+                            max(2.0, 0.035 * h) if big else 0.0, rng, 0.5 + 0.45 * sev)
             if not big:  # torus: cortex buckles outward on both sides, plus a sclerotic band
                 hwf = r_shaft + (r_meta - r_shaft) * 0.6
                 for sgn in (-1, 1):
-                    _dome(radius, (xr + sgn * hwf, yf), (0.02 * w * s * sev + 1, 0.03 * h * s * sev + 1), 0, 0.0,
+                    _dome(radius, (xr + sgn * hwf, yf), (0.045 * w * s * sev + 2, 0.05 * h * s * sev + 2), 0, 0.0,
                           cval, cval, full=True)
                 cv2.line(radius, (round((xr - hwf) * 16), round(yf * 16)), (round((xr + hwf) * 16),
-                         round(yf * 16)), cval * 0.8 * sev, max(1, round(0.01 * h)), cv2.LINE_8, 4)
+                         round(yf * 16)), cval * 1.2 * sev, max(2, round(0.025 * h)), cv2.LINE_8, 4)
         dy = 0.05 * h * s + 0.02 * h
         boxes.append(np.array([[xr - r_meta * 1.3, yf - dy], [xr + r_meta * 1.3, yf + dy]]))
         if frac["ulna"] == "styloid" and ug > 0:

@@ -84,7 +84,8 @@ class StudyLogger(tune.Callback):
             run_id = self.client.create_run(self.experiment_id, run_name=f"{self.state.target} #{number}", tags={
                 "mlflow.parentRunId": parent, "raypipe.kind": "trial", "raypipe.study": self.state.key,
                 "raypipe.target": self.state.target, "raypipe.trial_id": trial.trial_id,
-                "raypipe.trial_number": str(number), "raypipe.monitor": self.state.monitor}).info.run_id
+                "raypipe.trial_number": str(number), "raypipe.monitor": self.state.monitor,
+                "raypipe.base_config": str(self.state.is_base(trial.config)).lower()}).info.run_id
             params = [Param(k, str(v)) for k, v in sorted(trial.config.items())]
             if params:
                 self.client.log_batch(run_id, params=params)
@@ -120,12 +121,7 @@ class StudyLogger(tune.Callback):
         tags = {"raypipe.pruned": str(pruned).lower()}
         if error:
             tags["raypipe.error"] = error[:500]
-        history = self.client.get_metric_history(run_id, self.state.monitor)
-        values = [m.value for m in history if not math.isnan(m.value)]
-        if values:
-            best = max(values)
-            self.client.log_metric(run_id, f"best_{self.state.monitor}", best,
-                                   step=max(m.step for m in history if m.value == best))
+        # best_<monitor> needs no writing here: the loop reports its running best every epoch.
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status)

@@ -11,6 +11,8 @@ A checkpoint is a directory:
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,32 @@ OPTIM_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
 SPEC_FILE = "spec.json"
 PREDS_FILE = "val_predictions.npz"
+STAGING_PREFIX = "raypipe-ckpt-"
+
+
+# ---------------------------------------------------------------------------------- staging
+# A checkpoint is written to a staging folder, then handed to the session, which copies it into its
+# storage and removes it. A trial that ASHA stops (Tune kills its process), or that fails, during or
+# right after ``report`` never gets to remove it; so every staging folder lives under one folder per
+# *owner* (a Tune trial id, a Train run name) that whoever sees the owner end removes: the Tune driver
+# when a trial ends (``tune/trial.py``), the launcher after a Train run.
+def staging_root(owner: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"{STAGING_PREFIX}{owner}"
+
+
+def new_staging_dir(owner: str) -> Path:
+    root = staging_root(owner)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="epoch-", dir=root))
+
+
+def remove_staging(owner: str) -> int:
+    """Remove the staging folders of every owner whose name contains ``owner``; how many there were."""
+    found = list(Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*{owner}*"))
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(found)
+
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -260,7 +260,12 @@ def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: 
     init_ray()
     trainer = torch_trainer(job, name, storage_path, [_ForwardReports(on_report)] if on_report else [],
                             cpus_per_worker)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:  # a worker killed mid-report leaves its staging folder; the run is over now
+        from raypipe.train.checkpoint import remove_staging
+
+        remove_staging(name)
     # Ray keeps the best checkpoints but does not order them best-first: choose by the monitor.
     kept = result.best_checkpoints or [(result.checkpoint, result.metrics)]
     best_ckpt, best_metrics = max(kept, key=lambda pair: _score(pair[1], job.monitor))

@@ -15,10 +15,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,14 +127,26 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
             state = {"epoch": epoch, "best": score if improved else state["best"],
                      "best_epoch": epoch if improved else state["best_epoch"],
                      "bad_epochs": 0 if improved else state["bad_epochs"] + 1, "metrics": metrics}
-            metrics |= {"best_epoch": state["best_epoch"], "epoch_seconds": time.perf_counter() - started}
-            ckpt_dir = checkpoint.save(Path(tempfile.mkdtemp(prefix="raypipe-ckpt-")), model, optimizer, scheduler,
+            # The running best is what a study ranks trials by: the searcher and ASHA read it, so a trial
+            # whose metric peaks and then falls counts at its peak, wherever it stops.
+            metrics |= {"best_epoch": state["best_epoch"], best_key(job.monitor): _finite(state["best"]),
+                        "epoch_seconds": time.perf_counter() - started}
+            ckpt_dir = checkpoint.save(session.staging_dir(), model, optimizer, scheduler,
                                        state, job.spec, {"y": y, "scores": scores})
         bad_epochs, score = _from_rank0([state["bad_epochs"], metrics.get(job.monitor, math.nan)], device, world)
         _step_scheduler(scheduler, cfg, score)
         session.report(metrics, ckpt_dir)
         state["bad_epochs"], state["epoch"] = int(bad_epochs), epoch
     return state
+
+
+def best_key(monitor: str) -> str:
+    """The reported running best of ``monitor`` (``best_val_auroc``): a study's objective."""
+    return f"best_{monitor}"
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
 
 
 def _train_epoch(model, loader, criterion, optimizer, grad_clip, amp, device, world, after_step=None) -> float:

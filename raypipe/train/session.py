@@ -36,6 +36,10 @@ class Session(Protocol):
 
     def latest_checkpoint(self) -> Path | None: ...
 
+    def staging_dir(self) -> Path:
+        """A fresh folder to write the next checkpoint into before ``report`` (see checkpoint.py)."""
+        ...
+
 
 def pick_device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -55,6 +59,12 @@ class LocalSession:
         self.on_report = on_report
         self.best: Path | None = None
         self.best_score = -math.inf
+
+    def staging_dir(self) -> Path:
+        # Beside the kept checkpoints (same filesystem): a crash leaves it in the run's own folder.
+        staging = self.dir.parent / "staging"
+        staging.mkdir(exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="epoch-", dir=staging))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         kept = None
@@ -93,13 +103,20 @@ class RaySession:
             ctx = self.api.get_context()
             self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
             self.device = ray.train.torch.get_device()
+            self.owner = f"{ctx.get_experiment_name()}-rank{self.rank}"  # the Train run: trial-<id>, promote-<id>
         else:
             self.rank, self.world_size = 0, 1
             self.device = pick_device(use_gpu)
+            self.owner = self.api.get_context().get_trial_id()
         self._restored: tempfile.TemporaryDirectory | None = None
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()
+
+    def staging_dir(self) -> Path:
+        from raypipe.train.checkpoint import new_staging_dir
+
+        return new_staging_dir(self.owner)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None

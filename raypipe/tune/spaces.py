@@ -81,6 +81,20 @@ class SearchSpace:
             if param.active(chosen):
                 chosen[param.name] = param.suggest(trial)
 
+    def base_point(self, cfg: TrainConfig) -> dict[str, Any] | None:
+        """The study's own config as a point of this space (its trial 0), or None when a categorical
+        value of ``cfg`` is not among the space's choices (Optuna cannot enqueue it then). Numeric values
+        outside a range are kept: Optuna runs a fixed point as given, with a warning."""
+        point: dict[str, Any] = {}
+        for param in self.params:
+            if not param.active(point):
+                continue
+            value = getattr(cfg, param.name)
+            if param.type == "categorical" and value not in param.choices:
+                return None
+            point[param.name] = value
+        return point
+
     def trial_config(self, base: TrainConfig, sampled: dict[str, Any]) -> TrainConfig:
         return dataclasses.replace(base, **sampled)
 

@@ -33,6 +33,7 @@ class StudyState:
     failed: set[str] = field(default_factory=set)
     best: float = -math.inf
     best_trial: int | None = None  # trial number
+    base_point: dict[str, Any] | None = None  # the study's own config in the space: trial 0
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -65,6 +66,10 @@ class StudyState:
         with self.lock:
             self.running.discard(trial_id)
             (self.failed if failed else self.finished).add(trial_id)
+
+    def is_base(self, config: dict[str, Any]) -> bool:
+        """Whether a trial's sampled config is the study's base config (trial 0)."""
+        return self.base_point is not None and dict(config) == self.base_point
 
     def was_pruned(self, trial_id: str) -> bool:
         return trial_id in self.pruned

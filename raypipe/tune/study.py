@@ -41,16 +41,17 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from raypipe.config import TrainConfig, check_value, from_dict, to_dict
+from raypipe.config import TrainConfig, TunePlan, check_value, from_dict, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
 from raypipe.data.targets import Target, all_targets, parse_target
 from raypipe.errors import InputError
 from raypipe.models.losses import build_loss
 from raypipe.tracking.runs import experiment_id, flat_params, git_sha, tracking_uri
 from raypipe.tracking.study_runs import StudyLogger, find_or_create_parent
+from raypipe.train import checkpoint
 from raypipe.train.job import check_choices, make_job
 from raypipe.train.launch import Storage, join_uri, list_names, read_text, write_text
-from raypipe.train.loop import TrainJob
+from raypipe.train.loop import TrainJob, best_key
 from raypipe.tune import optuna_store, search
 from raypipe.tune.spaces import SearchSpace, load_space
 from raypipe.tune.state import StudyState, trial_number
@@ -65,6 +66,9 @@ TRIAL_MAX_FAILURES = 1
 
 @dataclass
 class TuneOptions:
+    """A tuning run's settings: the pipeline config's ``tune:`` block (``TunePlan``) under the command
+    line's values (``from_plan``), plus what only a command says (resources, resume, storage)."""
+
     trials: int = 8
     workers_per_trial: int = 1
     gpus_per_trial: float = 0.0
@@ -77,11 +81,28 @@ class TuneOptions:
     searcher: str = "tpe"  # config.SEARCHERS
     scheduler: str = "asha"  # config.SCHEDULERS
     epoch_budget: int | None = None  # trial-epochs per study (EpochBudget); None = trials x epochs at most
+    grace_period: int | None = None  # ASHA; None = search.grace_period's default
+    reduction_factor: int = 2  # ASHA
+    startup_trials: int | None = None  # TPE; None = search.startup_trials's default
 
     def __post_init__(self) -> None:
-        for name in ("trials", "max_concurrent", "seed", "searcher", "scheduler", "epoch_budget"):
+        for name in ("trials", "max_concurrent", "seed", "searcher", "scheduler", "epoch_budget", "grace_period",
+                     "reduction_factor", "startup_trials"):
             if getattr(self, name) is not None and (why := check_value(name, getattr(self, name))):
                 raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
+
+    @classmethod
+    def from_plan(cls, plan: TunePlan | None, **given: Any) -> TuneOptions:
+        """The ``tune:`` block's values, each replaced by the command line's where it gave one (not None)."""
+        shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(TunePlan)}
+        values = {name: getattr(plan or TunePlan(), name) for name in shared}
+        return cls(**(values | {k: v for k, v in given.items() if v is not None}))
+
+    def budget(self, epochs: int) -> dict[str, int]:
+        """The resolved search budget of a study whose trials run up to ``epochs`` epochs."""
+        return {"startup_trials": search.startup_trials(self.startup_trials, self.trials),
+                "grace_period": search.grace_period(self.grace_period, epochs, self.reduction_factor),
+                "reduction_factor": self.reduction_factor, "max_t": epochs}
 
 
 @dataclass
@@ -99,7 +120,8 @@ class Study:
     state: StudyState = field(init=False)
 
     def __post_init__(self) -> None:
-        self.state = StudyState.open(self.key, target=self.target.name, monitor=self.job.monitor)
+        self.state = StudyState.open(self.key, target=self.target.name, monitor=self.job.monitor,
+                                     base_point=self.space.base_point(self.cfg))
 
     @property
     def slug(self) -> str:
@@ -148,6 +170,7 @@ class StudyOutcome:
     best_trial: int | None
     best_run_id: str | None
     best_params: dict[str, Any]
+    base_value: float  # trial 0, the study's own config unchanged (nan: not run, or its choices are not searched)
     finished: int
     pruned: int
     failed: int
@@ -383,8 +406,8 @@ def _trainable(study: Study, options: TuneOptions):
 
 
 def _sampler(options: TuneOptions, study: Study):
-    # A new seed per round: a warm-started round must not replay the random start-up samples of the last.
-    return search.sampler(options.searcher, options.seed + study.round - 1, options.trials)
+    seed = search.seed_for(options.seed, study.target.name, study.round)
+    return search.sampler(options.searcher, seed, options.budget(study.cfg.epochs)["startup_trials"])
 
 
 def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: StudyLogger):
@@ -396,11 +419,18 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search.optuna import OptunaSearch
 
-    monitor = study.job.monitor
-    searcher = OptunaSearch(space=study.space.define, metric=monitor, mode="max", sampler=_sampler(options, study),
-                            study_name=study.optuna_name,
+    monitor, objective = study.job.monitor, best_key(study.job.monitor)
+    budget = options.budget(study.cfg.epochs)
+    # Trial 0 is the study's own config: a study never ends below its starting point on validation.
+    base = study.state.base_point
+    if base is None:
+        warnings.warn(f"{study.target.name}: the config's choices are not all in {study.space.path.name}; the base "
+                      "config is not run as trial 0", stacklevel=2)
+    searcher = OptunaSearch(space=study.space.define, metric=objective, mode="max", sampler=_sampler(options, study),
+                            study_name=study.optuna_name, points_to_evaluate=[base] if base is not None else None,
                             storage=JournalStorage(JournalFileBackend(str(study.optuna_storage.resolve()))))
-    scheduler = search.scheduler(options.scheduler, study.state, monitor, study.cfg.epochs)
+    scheduler = search.scheduler(options.scheduler, study.state, objective, study.cfg.epochs,
+                                 budget["grace_period"], budget["reduction_factor"])
     return tune.Tuner(
         name,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -435,7 +465,10 @@ def _parent_run(client: MlflowClient, exp_id: str, study: Study, options: TuneOp
                                            "workers_per_trial": str(options.workers_per_trial),
                                            "gpus_per_trial": str(options.gpus_per_trial), "tune_seed": str(options.seed),
                                            "searcher": options.searcher, "scheduler": options.scheduler,
-                                           "epoch_budget": str(options.epoch_budget or "none")}
+                                           "epoch_budget": str(options.epoch_budget or "none"),
+                                           "tune_seed_stream": str(search.seed_for(options.seed, study.target.name,
+                                                                                   study.round))}
+        params |= {k: str(v) for k, v in options.budget(study.cfg.epochs).items()}
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     return run_id
 
@@ -445,6 +478,8 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
     state, monitor, run_id = study.state, study.job.monitor, study.state.parent_run_id
     trials = _tune_trials(study)
     logger.reconcile(trials)
+    for trial in trials:  # a trial killed after the driver's per-trial sweep (tune/trial.py) wrote again
+        checkpoint.remove_staging(trial.trial_id)
     optuna_store.close_stale_trials(study)
     best_value, best = -math.inf, None
     for trial in trials:
@@ -452,10 +487,14 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
         if not math.isnan(value) and value > best_value:
             best_value, best = value, trial
     best_params = dict(best.config) if best else {}
+    base_value = next((float(t.metric_analysis.get(monitor, {}).get("max", math.nan)) for t in trials
+                       if state.is_base(t.config)), math.nan)
     counts = logger.counts()
     now = mlflow.utils.time.get_current_time_millis()
     metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()]
     best_run_id = None
+    if not math.isnan(base_value):
+        metrics.append(Metric(f"base_{monitor}", base_value, now, 0))
     if best:
         best_run_id = logger.run_id_for(best.trial_id)
         metrics.append(Metric(f"best_{monitor}", best_value, now, 0))
@@ -471,7 +510,7 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
     client.set_terminated(run_id, "FINISHED" if best else "FAILED")
     state.ended = time.monotonic()
     return StudyOutcome(study.target.name, monitor, run_id, best_value,
-                        trial_number(best) if best else None, best_run_id, best_params,
+                        trial_number(best) if best else None, best_run_id, best_params, base_value,
                         counts["trials_finished"], counts["trials_pruned"], counts["trials_failed"],
                         state.ended - state.started)
 

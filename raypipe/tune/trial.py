@@ -18,7 +18,7 @@ from typing import Any
 
 from ray import tune
 
-from raypipe.train import launch, loop
+from raypipe.train import checkpoint, launch, loop
 from raypipe.train.loop import TrainJob
 from raypipe.train.session import NODE_KEY, RaySession
 
@@ -45,15 +45,19 @@ def placement_group_key(trial_id: str) -> str:
 
 
 class ReleaseTrainWorkers(tune.Callback):
-    """Driver side: when a trial ends, free the placement group of the TorchTrainer it ran.
+    """Driver side: when a trial ends, free what its process may have left behind.
 
     Tune stops a trial (ASHA, or its last epoch) by killing the trial actor, often before
     ``trainer.fit()`` returns, and Ray 2.60 leaves the Train workers' placement group behind (Ray
-    issue 54305): the next W > 1 trial then waits for CPUs forever. Only the driver sees every end.
+    issue 54305): the next W > 1 trial then waits for CPUs forever. A kill during or right after a
+    report also leaves the epoch's checkpoint staging folder in the temp folder (tens of MB a trial).
+    Only the driver sees every end. (Staging folders of trials on other nodes stay there: this
+    sweep reaches the driver's node, where W = 1 studies of one machine run.)
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         launch.release_placement_group(placement_group_key(trial.trial_id))
+        checkpoint.remove_staging(trial.trial_id)
 
     on_trial_error = on_trial_complete
 

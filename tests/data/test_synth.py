@@ -189,3 +189,32 @@ def test_age_is_learnable_in_principle(tmp_path):
         ages.append(float(r["age"]))
         area.append(float(((img - lo) / (hi - lo + 1) > 0.1).mean()))
     assert spearmanr(ages, area).statistic > 0.5
+
+
+def test_no_nuisance_feature_tells_the_label(tmp_path):
+    """A model must learn the fracture, not a trace of the generator: image size, mean intensity, the cast,
+    the text marker's position, the study number in the file name and the initial-exam flag each separate
+    fracture from normal at AUROC <= 0.6 (either direction)."""
+    from sklearn.metrics import roc_auc_score
+
+    out = tmp_path / "nuisance"
+    synthesize(out, patients=200, seed=21, height=64, width=40)
+    with open(out / "dataset.csv", encoding="utf-8-sig", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["metal"] != "1"]  # metal is excluded from training by default
+    label = np.array([r["fracture_visible"] == "1" for r in rows])
+    assert 0.3 < label.mean() < 0.7 and len(rows) > 500
+    features: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        img = cv2.imread(str(_image(out, r["filestem"])), cv2.IMREAD_UNCHANGED)
+        features["image size"].append(img.size)
+        features["mean intensity"].append(float(img.mean()))
+        features["cast"].append(r["cast"] == "1")
+        text = [line.split() for line in (out / "folder_structure/yolov5/labels" / f"{r['filestem']}.txt")
+                .read_text().splitlines() if line.startswith("8 ")]
+        features["text x"].append(float(text[0][1]) if text else -1.0)
+        features["text y"].append(float(text[0][2]) if text else -1.0)
+        features["study number"].append(int(STEM.match(r["filestem"]).group(3)))
+        features["initial exam"].append(r["initial_exam"] == "1")
+    for name, values in features.items():
+        auroc = roc_auc_score(label, np.asarray(values, dtype=float))
+        assert max(auroc, 1 - auroc) <= 0.6, f"{name} predicts the label: AUROC {auroc:.3f}"

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -52,7 +53,7 @@ def study(synth_data, tmp_path_factory):
 
 def test_prints_best_trial_per_target_and_how_to_open_mlflow(study):
     _, proc = study
-    assert "best trial per target" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "best trial per target" in proc.stdout and "base config" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert "[tune] fracture:" in proc.stdout  # the compact progress lines, not Ray's trial tables
     assert "Trial status" not in proc.stdout and "Traceback" not in proc.stderr
 
@@ -108,16 +109,47 @@ def test_best_trial_beats_the_worst_and_is_recorded_on_the_parent(study):
 
 def test_optuna_study_persisted_and_matches_mlflow(study):
     run_dir, _ = study
-    _, parents, children = layout(run_dir)
+    client, parents, children = layout(run_dir)
     storage = JournalStorage(JournalFileBackend(str(run_dir / "tune" / "e2e" / "optuna-journal.log")))
+    peaked_then_fell = 0
     for target, parent in parents.items():
+        monitor = parent.data.tags["raypipe.monitor"]
         ostudy = optuna.load_study(study_name=parent.data.tags["raypipe.optuna_study"], storage=storage)
         trials = ostudy.get_trials()
         assert len(trials) == TRIALS
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-        assert sorted(round(t.params["lr"], 12) for t in trials) == \
-            sorted(round(float(k.data.params["lr"]), 12) for k in children[target])
         assert not any(math.isnan(t.value) for t in trials)
+        # Optuna learns what the study ranks by: every trial's value is its best epoch, also for a trial
+        # whose metric fell after its peak or that ASHA stopped; the child run's best_<metric> agrees.
+        by_lr = {round(float(k.data.params["lr"]), 12): k for k in children[target]}
+        for trial in trials:
+            kid = by_lr[round(trial.params["lr"], 12)]
+            history = [m.value for m in sorted(client.get_metric_history(kid.info.run_id, monitor),
+                                               key=lambda m: m.step)]
+            assert trial.value == pytest.approx(max(history)) == pytest.approx(kid.data.metrics[f"best_{monitor}"])
+            peaked_then_fell += history[-1] < max(history)
+        assert ostudy.best_value == pytest.approx(parent.data.metrics[f"best_{monitor}"])
+    assert peaked_then_fell >= 1  # the case that matters happened (10 trials of 4 noisy epochs)
+
+
+def test_trial_0_is_the_base_config_and_the_study_never_ends_below_it(study):
+    _, parents, children = layout(study[0])
+    for target, parent in parents.items():
+        monitor = parent.data.tags["raypipe.monitor"]
+        base = [k for k in children[target] if k.data.tags["raypipe.base_config"] == "true"]
+        assert [k.data.tags["raypipe.trial_number"] for k in base] == ["1"]
+        params = base[0].data.params  # TrainConfig's defaults, as the config gives them
+        assert (float(params["lr"]), params["loss"], params["sampler"]) == (1e-3, "focal", "none")
+        assert parent.data.metrics[f"base_{monitor}"] == pytest.approx(base[0].data.metrics[f"best_{monitor}"])
+        assert parent.data.metrics[f"best_{monitor}"] >= parent.data.metrics[f"base_{monitor}"]
+        assert {"grace_period", "reduction_factor", "startup_trials", "max_t"} <= set(parent.data.params)
+
+
+def test_stopped_trials_leave_no_checkpoint_staging_folder(study):
+    _, _, children = layout(study[0])
+    ids = [k.data.tags["raypipe.trial_id"] for kids in children.values() for k in kids]
+    left = [p for p in Path(tempfile.gettempdir()).glob("raypipe-ckpt-*") if any(i in p.name for i in ids)]
+    assert not left, left
 
 
 def test_random_search_without_asha_within_an_epoch_budget(synth_data, tmp_path):

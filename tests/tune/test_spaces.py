@@ -89,3 +89,20 @@ def test_yaml_syntax_error_names_the_row(tmp_path):
     with pytest.raises(InputError) as err:
         load_space(write(tmp_path, "params:\n  lr: {type: uniform, low: 0.1\n"))
     assert err.value.row is not None
+
+
+def test_base_point_is_the_config_in_the_space_and_optuna_runs_it_first(tmp_path):
+    space = load_space(write(tmp_path, "params:\n  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
+                             "  loss: {type: categorical, choices: [focal, bce]}\n"
+                             "  focal_gamma: {type: uniform, low: 0.5, high: 4.0, when: {loss: focal}}\n"))
+    cfg = TrainConfig(lr=2e-3, loss="bce", focal_gamma=2.0)
+    assert space.base_point(cfg) == {"lr": 2e-3, "loss": "bce"}  # focal_gamma is inactive for bce
+    focal = TrainConfig(lr=2e-3, loss="focal", focal_gamma=2.0)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(space.base_point(focal))
+    trial = study.ask()
+    space.define(trial)
+    assert trial.params == {"lr": 2e-3, "loss": "focal", "focal_gamma": 2.0}
+    # a config value the space cannot express has no base point (not silently replaced by another)
+    only_bce = load_space(write(tmp_path, "params:\n  loss: {type: categorical, choices: [bce]}\n"))
+    assert only_bce.base_point(focal) is None

@@ -3,11 +3,15 @@ with the error line, the other trials run on and finish, and MLflow, Tune and Op
 
 The exception comes from the models' test hook (`RAYPIPE_FAULT=raise:head_hidden=96`, see raypipe/faults.py, read by
 `build_model` inside the trial's loop, in the Ray worker): every trial that samples `head_hidden: 96`
-raises, as a bug in a model configuration would. With the default seed, TPE's first (random) trial
-samples 96 and the second 64, so a study of three sequential trials has both kinds.
+raises, as a bug in a model configuration would. Trial 1 is the base config (head_hidden 256); with
+`--seed 3`, TPE's first random trial samples 96 and the next 256, so a study of three sequential trials
+has both kinds.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage
@@ -19,7 +23,7 @@ from tests.e2e.conftest import raypipe, study_runs
 TRIALS = 3
 SPACE = """\
 params:
-  head_hidden: {type: categorical, choices: [64, 96]}
+  head_hidden: {type: categorical, choices: [96, 256]}
   lr:          {type: loguniform, low: 1.0e-3, high: 1.0e-2}
 """
 
@@ -28,7 +32,7 @@ def test_exception_in_one_trial_fails_that_trial_only(synth_data, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--experiment", "faults",
-                   "--target", "fracture", "--trials", str(TRIALS), "--max-concurrent", "1", "--space", str(space),
+                   "--target", "fracture", "--trials", str(TRIALS), "--max-concurrent", "1", "--space", str(space), "--seed", "3",
                    "--epochs", "2", "--set", "image_size=48", "--set", "test_per_class=3",
                    env={"RAYPIPE_FAULT": "raise:head_hidden=96"}, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # the study itself succeeded
@@ -58,6 +62,8 @@ def test_exception_in_one_trial_fails_that_trial_only(synth_data, tmp_path):
                                                                    "fracture-round-1")).trials}
     assert {status[k.data.tags["raypipe.trial_id"]] for k in failed} == {"ERROR"}
     assert {status[k.data.tags["raypipe.trial_id"]] for k in healthy} == {"TERMINATED"}
+    ids = [k.data.tags["raypipe.trial_id"] for k in kids]  # the failed trial's checkpoint staging too
+    assert not [p for p in Path(tempfile.gettempdir()).glob("raypipe-ckpt-*") if any(i in p.name for i in ids)]
 
     storage = JournalStorage(JournalFileBackend(parents[0].data.tags["raypipe.optuna_storage"]))
     ostudy = optuna.load_study(study_name=parents[0].data.tags["raypipe.optuna_study"], storage=storage)
