@@ -59,7 +59,8 @@ def data_check(data: Path, source: Source = "auto",
 
 @data_app.command("split")
 def data_split(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "auto", test_per_class: int = 10,
-               val_fraction: float = 0.2, include_metal: bool = False, seed: int = 0, age_scheme: str = "4group") -> None:
+               val_fraction: float = 0.2, include_metal: bool = False, seed: int = 0, age_scheme: str = "4group",
+               test_max_fraction: float = 0.3) -> None:
     """Fixed test set per projection and 1-year age bin, then patient-grouped train/val."""
     from raypipe.data.prepare import load_manifest, make_or_load_splits
     from raypipe.data.splits import SplitParams
@@ -67,7 +68,7 @@ def data_split(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "
     _scheme(age_scheme)
     _check_options(test_per_class=test_per_class, val_fraction=val_fraction, seed=seed)
     manifest, data_hash, workdir = load_manifest(data, run_dir, source)
-    params = SplitParams(test_per_class, val_fraction, include_metal, seed, age_scheme)
+    params = SplitParams(test_per_class, val_fraction, include_metal, seed, age_scheme, test_max_fraction)
     splits, split_hash, path = make_or_load_splits(manifest, data_hash, workdir, params)
     counts = splits["split"].value_counts()
     console.print(", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test", "excluded")))
@@ -249,9 +250,12 @@ def promote_cmd(
     target: Annotated[list[str], typer.Option(help="Target(s) whose latest study to promote.")],
     data: Data = None,
     preset: Preset_ = None,
-    margin: Annotated[float, typer.Option(help="Test-metric gain needed to replace the champion.")] = 0.0,
+    margin: Annotated[float, typer.Option(help="Out-of-fold metric gain (lower bound of its paired CI) "
+                                          "needed to replace the champion.")] = 0.0,
     rollback: Annotated[bool, typer.Option(help="Move `champion` back to the version it replaced.")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for the CIs.")] = 1000,
+    folds: Annotated[int, typer.Option(help="Patient-grouped folds of train+val whose out-of-fold scores "
+                                       "decide the champion and set the threshold.")] = 3,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment of the studies (default: the "
                                                    "preset name).")] = None,
@@ -274,9 +278,8 @@ def promote_cmd(
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
     for spec in target:
-        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap)
-        console.print(f"{p.model_name} v{p.version}: test {p.metric} {p.value:.3f} "
-                      f"(95% CI {p.ci95[0]:.3f}-{p.ci95[1]:.3f}) -> {p.alias}: {p.reason}", soft_wrap=True)
+        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap, folds)
+        console.print(ship.summary(p), soft_wrap=True)
 
 
 @app.command("predict")

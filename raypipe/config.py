@@ -46,6 +46,10 @@ class TrainConfig:
     epochs: int = 5
     patience: int = 3  # early stopping on the monitored metric
     schedule: str = "cosine"  # cosine | plateau
+    # A replay of a tuning trial (a promotion's retrain): stop after this epoch while the schedule still
+    # spans `epochs`, and/or use these learning rates epoch by epoch instead of the schedule's
+    stop_epoch: int | None = None
+    lr_by_epoch: list[float] | None = None
     grad_clip: float = 1.0
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     augment: float = 0.5  # augmentation strength 0..1
@@ -53,13 +57,15 @@ class TrainConfig:
     age_scheme: str = "4group"
     masking: str = "fill"  # off | fill | blur (YOLO class-8 text boxes)
     test_per_class: int = 10  # fixed test set: up to K per class per 1-year age bin
+    test_max_fraction: float = 0.3  # ... and at most this share of the patients (K is lowered to fit)
+    split_seed: int = 0  # the split's seed: a `seed` replicate keeps the same test set
     val_fraction: float = 0.2
     include_metal: bool = False
     loader_workers: int = 0
     # run
     workers: int = 1  # 1 = in-process; >1 = Ray Train DDP
     use_gpu: bool = False
-    seed: int = 0
+    seed: int = 0  # model initialisation, sampling and augmentation; the split has split_seed
     monitor: str = "auto"  # auto = val_auroc for fracture, val_macro_f1 for age
 
 
@@ -87,8 +93,9 @@ class TunePlan:
 class PromotePlan:
     """How ``raypipe pipeline run`` promotes each tuned target."""
 
-    margin: float = 0.0  # test-metric gain a new version needs to replace the champion
-    bootstrap: int = 1000  # patient-level bootstrap resamples for the test CIs
+    margin: float = 0.0  # out-of-fold gain (lower bound of the paired CI) a version needs to replace the champion
+    bootstrap: int = 1000  # patient-level bootstrap resamples for the CIs
+    folds: int = 3  # patient-grouped folds of train+val: out-of-fold scores decide and set the threshold
 
 
 @dataclass
@@ -128,7 +135,8 @@ RANGES: dict[str, tuple] = {
     "workers": _at_least(1), "seed": _between(0, 2**32 - 1), "patients": _at_least(1), "height": _at_least(32),
     "width": _at_least(32), "trials": _at_least(1), "max_concurrent": _at_least(1), "bootstrap": _at_least(0),
     "margin": _at_least(0), "epoch_budget": _at_least(1), "grace_period": _at_least(1),
-    "reduction_factor": _at_least(2), "startup_trials": _at_least(1),
+    "reduction_factor": _at_least(2), "startup_trials": _at_least(1), "stop_epoch": _at_least(1), "folds": _at_least(2), "test_max_fraction": _between(0, 1, high_open=True),
+    "split_seed": _between(0, 2**32 - 1),
 }
 MASKING = ("off", "fill", "blur")
 SEARCHERS = ("tpe", "random")

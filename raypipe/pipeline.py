@@ -49,7 +49,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
                  say: Callable[[str], None] = print, on_tick=None, storage: str | None = None) -> dict[str, Any]:
     """``storage``: Ray's storage for the tune stage (``--storage``; a directory also holds the cache)."""
     from raypipe import report
-    from raypipe.ship.promote import promote
+    from raypipe.ship.promote import promote, summary
     from raypipe.train.launch import Storage
     from raypipe.tune import study as studies
 
@@ -101,10 +101,11 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
             if target in results:
                 say(f"promote: {target} already promoted (v{results[target]['version']}), kept")
                 continue
-            p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap)
+            p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap,
+                        preset.promote.folds)
             results[target] = {"model": p.model_name, "version": p.version, "alias": p.alias, "reason": p.reason}
             record.mark("promote", promote_key, finished=False, results=results)
-            say(f"promote: {p.model_name} v{p.version} test {p.metric} {p.value:.3f} -> {p.alias}")
+            say(f"promote: {summary(p)}")
         record.mark("promote", promote_key, finished=True, results=results)
 
     # 6. report

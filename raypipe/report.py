@@ -84,18 +84,39 @@ def build(client: MlflowClient, experiment: str, out: Path) -> Path:
                 pictures.append(plots.confusion_png(np.asarray(evaluation["confusion_matrix"]), names,
                                                     folder / "confusion.png", f"{target} test confusion"))
             sections.append(f"<h2>{html.escape(target)}</h2><p class=note>{html.escape(run.data.tags.get('raypipe.reason', ''))}"
-                            f"</p>{''.join(_img(p) for p in pictures)}{_subgroups(evaluation, main, folder, target)}"
+                            f"</p>{_decision(evaluation)}{''.join(_img(p) for p in pictures)}{_subgroups(evaluation, main, folder, target)}"
                             f"{_gallery(client, run_id, evaluation, folder)}"
                             f"{_tuning(client, exp.experiment_id, run, folder)}")
     header = ("<tr><th>target</th><th>alias</th><th>images / patients</th><th>AUROC</th><th>AUPRC</th>"
               "<th>sensitivity</th><th>specificity</th><th>F1</th><th>macro-F1</th><th>ECE</th></tr>")
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>raypipe report: {html.escape(experiment)}</title>"
             f"<style>{STYLE}</style></head><body><h1>raypipe report: {html.escape(experiment)}</h1>"
-            f"<p class=note>Fixed, patient-disjoint test set; 95% CIs by patient-level bootstrap; binary decisions "
-            f"at each model's validation operating point (Youden). Built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
+            f"<p class=note>Fixed, patient-disjoint test set, evaluated once per version to report; champions are "
+            f"decided on out-of-fold scores of train+val. 95% CIs by patient-level bootstrap; binary decisions at each "
+            f"model's out-of-fold operating point (Youden). Built {time.strftime('%Y-%m-%d %H:%M')}.</p>"
             f"<table>{header}{''.join(rows)}</table>{''.join(sections)}</body></html>")
     fsio.write_text(out, page)
     return out
+
+
+def _decision(evaluation: dict) -> str:
+    """How the version was chosen and what its figures mean, in plain words."""
+    sel = evaluation.get("selection")
+    lines = []
+    if sel:
+        lines.append(f"Decided on {sel['decided_on']} scores: {sel['metric']} {_fmt(sel['value'])} "
+                     f"{_ci(sel['ci95'])} over {sel['n_images']} train+val images of {sel['n_patients']} patients "
+                     f"({sel['folds']} patient-grouped folds); chance is {_fmt(sel['chance'])}"
+                     + ("" if sel["above_chance"] else ", which the CI includes: never champion") + ". The test set "
+                     "below was evaluated once, to report; it did not decide.")
+    if evaluation.get("threshold_source"):
+        lines.append(f"Threshold {evaluation['threshold']:.3f}: {evaluation['threshold_source']}.")
+    if "prevalence" in evaluation:
+        ppv = evaluation["at_prevalence"]
+        lines.append(f"The test set is {evaluation['test_prevalence']:.0%} fractures by design; at the data set's "
+                     f"prevalence of {evaluation['prevalence']:.0%}, PPV would be {_fmt(ppv['ppv'])} and NPV "
+                     f"{_fmt(ppv['npv'])}.")
+    return "".join(f"<p>{html.escape(line)}</p>" for line in lines)
 
 
 def _subgroups(evaluation: dict, main: str, folder: Path, target: str) -> str:

@@ -15,9 +15,11 @@ in [0, 1] so a tuner searches a single number instead of five:
 * GaussNoise: small (std up to 4*s % of full range)
 * CLAHE: p = 0.3*s (some PACS exports are contrast enhanced)
 
-Randomness is reseeded per sample from (seed, epoch, index): runs are reproducible, and forked
+Randomness is reseeded per sample from (seed, epoch, draw): runs are reproducible, and forked
 DataLoader workers do not repeat each other's augmentations (a classic bug when a transform is
-seeded once and then copied into every worker). Call ``set_epoch`` each epoch.
+seeded once and then copied into every worker). The training loop indexes the dataset with
+``(index, draw)`` pairs (``sampling.KeyedDraws``): an image drawn several times in an epoch (weighted
+sampling) or on several DDP ranks is augmented differently each time. Call ``set_epoch`` each epoch.
 """
 
 from __future__ import annotations
@@ -95,10 +97,11 @@ class CachedImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, draw = item if isinstance(item, tuple) else (item, item)
         img = self.cache.get(int(self.rows[index]))
         if self.transform is not None:
-            key = (self.seed, self.epoch, int(index))
+            key = (self.seed, self.epoch, int(draw))
             self.transform.set_random_state(np.random.default_rng(key), random.Random(hash(key)))
             img = self.transform(image=np.ascontiguousarray(img))["image"]
         x = torch.from_numpy(normalise(img))

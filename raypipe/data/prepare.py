@@ -38,6 +38,10 @@ class PreparedData:
     workdir: Path
     cache: ImageCache | None = None
 
+    def frame(self, target: Target, split: str) -> pd.DataFrame:
+        """The manifest rows of ``target`` in ``split``, in the order ``select`` returns them."""
+        return target.select(self.manifest[(self.splits["split"] == split).to_numpy()], self.scheme)[0]
+
     def select(self, target: Target, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Cache rows and class labels of ``target`` in ``split``."""
         in_split = self.manifest[(self.splits["split"] == split).to_numpy()]
@@ -93,7 +97,8 @@ def _saved(path: Path, split_hash: str) -> bool:
 
 def split_params(cfg: TrainConfig) -> splits_mod.SplitParams:
     return splits_mod.SplitParams(test_per_class=cfg.test_per_class, val_fraction=cfg.val_fraction,
-                                  include_metal=cfg.include_metal, seed=cfg.seed, age_scheme=cfg.age_scheme)
+                                  include_metal=cfg.include_metal, seed=cfg.split_seed, age_scheme=cfg.age_scheme,
+                                  test_max_fraction=cfg.test_max_fraction)
 
 
 def prepare(data: Path, cfg: TrainConfig, run_dir: Path, source_kind: str = "auto",

@@ -98,6 +98,26 @@ def _weighted(cfg: TrainConfig, labels: np.ndarray, rank: int, world_size: int,
                                       power=cfg.sampler_power, seed=cfg.seed)
 
 
+class KeyedDraws(Sampler[tuple[int, int]]):
+    """``(index, draw)`` pairs from a rank's sampler, where ``draw`` numbers the draws of the whole epoch
+    across ranks (position x world + rank). The dataset keys its augmentation by the draw, not the index:
+    an image a weighted sampler draws three times in an epoch is augmented three ways, and two ranks never
+    produce the same tensor."""
+
+    def __init__(self, sampler: DistributedSampler, rank: int = 0, world_size: int = 1) -> None:
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.sampler):
+            yield int(index), position * self.world_size + self.rank
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def build_sampler(cfg: TrainConfig, labels: np.ndarray, rank: int = 0, world_size: int = 1,
                   shuffle: bool = True) -> Sampler[int]:
     """The sampler named by ``cfg.sampler`` for this rank (always a ``DistributedSampler``).

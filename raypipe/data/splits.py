@@ -6,7 +6,9 @@ train, val and test. Here every split is grouped by ``patient_id``:
 1. Fixed test set, per projection and one-year age bin: up to K fractures and K normals
    (the seeds' design). Patients are taken whole, single-study patients first; a test
    patient's images that would overflow a full cell are ``excluded`` rather than leak into
-   training. Every cell therefore holds ``min(K, images in that cell)``.
+   training. Every cell therefore holds ``min(K, images in that cell)``. The test set never
+   takes more than ``test_max_fraction`` of the patients (a small data set at the default K would
+   leave a per-group target nothing to train on): K is lowered, with a warning, until it fits.
 2. The remaining patients go to train/val, stratified by projection x age group x label
    (``StratifiedGroupKFold``), grouped by patient.
 
@@ -36,8 +38,9 @@ class SplitParams:
     test_per_class: int = 10
     val_fraction: float = 0.2
     include_metal: bool = False
-    seed: int = 0
+    seed: int = 0  # the split seed (TrainConfig.split_seed), not the model's
     age_scheme: str = "4group"
+    test_max_fraction: float = 0.3
 
     def key(self) -> str:
         return fsio.sha256_bytes(json.dumps(asdict(self), sort_keys=True).encode())[:10]
@@ -55,7 +58,7 @@ def make_splits(manifest: pd.DataFrame, scheme: AgeScheme, params: SplitParams) 
         split[metal], reason[metal] = "excluded", "metal"
 
     usable = manifest[split == ""]
-    test_ids, overflow_ids = _fixed_test(usable, params.test_per_class, rng)
+    test_ids, overflow_ids = _capped_test(usable, params, rng)
     split[manifest.index.isin(test_ids)] = "test"
     overflow = manifest.index.isin(overflow_ids)
     split[overflow], reason[overflow] = "excluded", "test patient, cell full"
@@ -66,7 +69,32 @@ def make_splits(manifest: pd.DataFrame, scheme: AgeScheme, params: SplitParams) 
     return pd.DataFrame({"image_id": manifest["image_id"], "split": split, "reason": reason})
 
 
-def _fixed_test(df: pd.DataFrame, k: int, rng: np.random.Generator) -> tuple[pd.Index, pd.Index]:
+def _capped_test(df: pd.DataFrame, params: SplitParams, rng: np.random.Generator) -> tuple[pd.Index, pd.Index]:
+    """``_fixed_test`` at the largest K <= test_per_class whose test set holds at most test_max_fraction
+    of the patients (each K draws from the same generator state: a rerun gives the same split)."""
+    state = rng.bit_generator.state
+    patients = df["patient_id"].nunique()
+    for k in range(params.test_per_class, 0, -1):
+        rng.bit_generator.state = state
+        test, overflow = _fixed_test(df, k, rng)
+        share = df.loc[test.union(overflow), "patient_id"].nunique() / max(patients, 1)
+        if share <= params.test_max_fraction:
+            if k < params.test_per_class:
+                warnings.warn(f"test_per_class {params.test_per_class} would put more than "
+                              f"{params.test_max_fraction:.0%} of the {patients} patients in the test set; "
+                              f"using {k} ({share:.0%})", stacklevel=3)
+            return test, overflow
+    # Even one image per cell is too many: fill cells (in random patient order) up to the share.
+    rng.bit_generator.state = state
+    cap = int(params.test_max_fraction * patients)
+    warnings.warn(f"even test_per_class 1 would put more than {params.test_max_fraction:.0%} of the {patients} "
+                  f"patients in the test set; using 1 with at most {cap} patients (some cells stay empty)",
+                  stacklevel=3)
+    return _fixed_test(df, 1, rng, max_patients=cap)
+
+
+def _fixed_test(df: pd.DataFrame, k: int, rng: np.random.Generator, max_patients: int | None = None
+                ) -> tuple[pd.Index, pd.Index]:
     """Pick whole patients until every (projection, 1-year bin, label) cell holds up to k images."""
     if k <= 0 or df.empty:
         return pd.Index([]), pd.Index([])
@@ -79,12 +107,15 @@ def _fixed_test(df: pd.DataFrame, k: int, rng: np.random.Generator) -> tuple[pd.
     order = rng.permutation(len(patients))
     n_studies = df.groupby("patient_id", sort=True)["study_id"].nunique()
     patients = sorted((patients[i] for i in order), key=lambda p: n_studies[p])
-    test, overflow = [], []
+    test, overflow, taken = [], [], 0
     for pid in patients:
         rows = rng.permutation(np.asarray(by_patient[pid]))
         cells = cell[rows]
         if all(filled.get(c, 0) >= k for c in cells):
             continue
+        if max_patients is not None and taken >= max_patients:
+            break
+        taken += 1
         for idx, c in zip(rows, cells, strict=True):
             if filled.get(c, 0) < k:
                 filled[c] = filled.get(c, 0) + 1

@@ -272,7 +272,7 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
     dens = body["density"] * (0.8 + 0.2 * grow) * (0.7 if img["osteopenia"] else 1.0)
     cval, mval = 0.85 * dens, 0.32 * dens
     cort = (0.24 + 0.22 * grow) * (0.6 if img["osteopenia"] else 1.0)  # cortex share of shaft half-width
-    gap = 0.03 * h * s * max(0.0, 1.0 - age / body["closure"]) ** 0.7  # physis width in px
+    gap = 0.06 * h * s * max(0.0, 1.0 - age / body["closure"]) ** 0.7  # physis width in px (2+ px at 64 px)
     cx, yp = w * (0.5 + rng.normal(0, 0.03)), h * (0.5 + rng.normal(0, 0.03))
     wf = 0.8 + 0.2 * spread
     r_meta, r_shaft = 0.13 * w * s * wf, 0.075 * w * s * wf
@@ -308,7 +308,7 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
     half = max(spread * (d / 2 + 0.8 * r_meta), 1.1 * r_meta)
     for (_, px, py, size), onset, ang in zip(CARPALS, body["onset"], body["carpal_angle"], strict=True):
         if age > onset:
-            r = 0.075 * w * s * size * (0.3 + 0.7 * min(1.0, (age - onset) / 6))
+            r = 0.09 * w * s * size * (0.3 + 0.7 * min(1.0, (age - onset) / 6))
             _dome(hand, (mid + (px - 0.5) * 2 * half, yc - py * ch), (r * 1.1, r * 0.85), ang,
                   max(1.0, r * 0.25), cval * 0.8, mval, full=True)
     ym = yc - ch * 1.05
@@ -343,11 +343,11 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
             big = frac["kind"] != "buckle"
             # sized to stay visible at the demo's 64 px (a 256 px film shrinks 4x): a gap of 2+ pixels there
             radius = _break(radius, xr, yf, r_meta, frac["tilt"], f_ang, (f_shift, 0.0),
-                            max(2.0, 0.035 * h) if big else 0.0, rng, 0.5 + 0.45 * sev)
+                            max(3.0, 0.06 * h) if big else 0.0, rng, 0.6 + 0.4 * sev)
             if not big:  # torus: cortex buckles outward on both sides, plus a sclerotic band
                 hwf = r_shaft + (r_meta - r_shaft) * 0.6
                 for sgn in (-1, 1):
-                    _dome(radius, (xr + sgn * hwf, yf), (0.045 * w * s * sev + 2, 0.05 * h * s * sev + 2), 0, 0.0,
+                    _dome(radius, (xr + sgn * hwf, yf), (0.06 * w * s * sev + 3, 0.06 * h * s * sev + 3), 0, 0.0,
                           cval, cval, full=True)
                 cv2.line(radius, (round((xr - hwf) * 16), round(yf * 16)), (round((xr + hwf) * 16),
                          round(yf * 16)), cval * 1.2 * sev, max(2, round(0.025 * h)), cv2.LINE_8, 4)

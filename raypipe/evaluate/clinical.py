@@ -1,7 +1,7 @@
 """Test-set evaluation the way a clinical study reports it.
 
 Binary (fracture) models: AUROC and AUPRC with bootstrap 95% CIs, sensitivity / specificity / F1 at
-the *validation* Youden threshold (never re-tuned on test), calibration (ECE + reliability bins).
+the shipped threshold (the Youden point of out-of-fold scores, never re-tuned on test), calibration (ECE + reliability bins).
 Multi-class (age) models: accuracy and macro-F1 with CIs, and the confusion matrix.
 
 The bootstrap resamples *patients*, not images: one patient's AP and lateral views and follow-up
@@ -69,15 +69,6 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, Any]:
     return {"ece": float(ece), "bins": rows}
 
 
-def carried_threshold(scores: np.ndarray, positive_rate: float) -> float:
-    """The threshold at which ``scores`` are called positive at ``positive_rate`` (ties call positive)."""
-    scores = np.sort(np.asarray(scores, dtype=float))
-    k = int(round(float(np.clip(positive_rate, 0.0, 1.0)) * len(scores)))  # images to call positive
-    if k == 0:
-        return float(np.nextafter(scores[-1], np.inf))
-    return float(scores[len(scores) - k])
-
-
 def main_metric(n_classes: int) -> str:
     return "auroc" if n_classes == 2 else "macro_f1"
 
@@ -104,11 +95,20 @@ def subgroups(y: np.ndarray, scores: np.ndarray, labels: np.ndarray, n_classes: 
     return out
 
 
+def at_prevalence(sensitivity: float, specificity: float, prevalence: float) -> dict[str, float]:
+    """PPV and NPV where fractures are as common as ``prevalence`` (Bayes), not as in the test set, which
+    holds about as many fractures as normals by design: its own PPV / NPV are no clinical figures."""
+    tp, fp = sensitivity * prevalence, (1 - specificity) * (1 - prevalence)
+    tn, fn = specificity * (1 - prevalence), (1 - sensitivity) * prevalence
+    return {"ppv": tp / (tp + fp) if tp + fp else float("nan"), "npv": tn / (tn + fn) if tn + fn else float("nan")}
+
+
 def evaluate_test(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_classes: int,
                   threshold: float = 0.5, n_boot: int = 1000, seed: int = 0,
-                  groups: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                  groups: dict[str, np.ndarray] | None = None, prevalence: float | None = None) -> dict[str, Any]:
     """Point metrics, CIs, confusion matrix, (binary) calibration and ``groups`` subgroup metrics
-    (e.g. ``{"age_bin": ..., "sex": ...}``) of one model on the test set."""
+    (e.g. ``{"age_bin": ..., "sex": ...}``) of one model on the test set; for binary models with a
+    ``prevalence`` (of the data set's train+val images), PPV and NPV at that prevalence."""
     metrics = point_metrics(y, scores, n_classes, threshold)
     result: dict[str, Any] = {
         "n_images": int(len(y)), "n_patients": int(len(np.unique(patients))), "threshold": float(threshold),
@@ -119,6 +119,10 @@ def evaluate_test(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, n_cla
     if n_classes == 2:
         result["calibration"] = calibration(y, scores)
         result["metrics"]["ece"] = result["calibration"]["ece"]
+        result["test_prevalence"] = float(np.mean(y)) if len(y) else float("nan")
+        if prevalence is not None:
+            result["prevalence"] = float(prevalence)
+            result["at_prevalence"] = at_prevalence(metrics["sensitivity"], metrics["specificity"], prevalence)
     # Subgroup CIs use fewer resamples: there are many groups, and each interval is wide anyway.
     result["subgroups"] = {name: subgroups(y, scores, np.asarray(labels), n_classes, threshold, patients,
                                            max(100, n_boot // 5), seed)

@@ -1,9 +1,10 @@
 """Losses for the binary (one logit) and multi-class (age) models, built by name from the config.
 
-Class imbalance is compensated exactly once: by the loss (``pos_weight`` / per-class weights) only
-when ``cfg.sampler == "none"``; with a weighted sampler the batches are already rebalanced. The
-seeds did both, and their "focal alpha" scaled every sample alike. Binary focal here follows
-``torchvision.ops.sigmoid_focal_loss``: positives weighted by alpha, negatives by 1 - alpha.
+Class imbalance is compensated exactly once: by the loss (``pos_weight``, per-class weights, binary
+focal ``alpha``) only when ``cfg.sampler == "none"``; with a weighted sampler the batches are already
+rebalanced and every class weight is neutral, focal alpha included. The seeds did both, and their
+"focal alpha" scaled every sample alike. Binary focal here follows ``torchvision.ops.sigmoid_focal_loss``:
+positives weighted by alpha, negatives by 1 - alpha.
 All losses take raw logits and integer targets and reduce by the mean.
 """
 
@@ -128,8 +129,9 @@ def _require_binary(name: str, n_classes: int) -> None:
 
 @LOSSES.register("focal")
 def _focal(cfg: TrainConfig, n_classes: int, class_counts: np.ndarray | None) -> nn.Module:
-    if n_classes == 2:
-        return BinaryFocalLoss(cfg.focal_alpha, cfg.focal_gamma, cfg.label_smoothing)
+    if n_classes == 2:  # alpha < 0: no class weighting, the sampler balances
+        return BinaryFocalLoss(cfg.focal_alpha if cfg.sampler == "none" else -1.0, cfg.focal_gamma,
+                               cfg.label_smoothing)
     counts = _rebalance(cfg, class_counts)
     alpha = None if counts is None else inverse_frequency(counts)
     return SoftmaxFocalLoss(alpha, cfg.focal_gamma, cfg.label_smoothing)

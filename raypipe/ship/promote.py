@@ -2,13 +2,17 @@
 
 ``promote`` (``raypipe promote --target T``):
   1. the latest finished study of T in the experiment -> its best trial's config, the epoch where that
-     trial peaked (its early-stopping point) and its validation Youden threshold;
-  2. retrain that config on train+val for exactly that many epochs (the one loop; Ray Train for W > 1);
-  3. evaluate the last epoch on the fixed test set (patient-level bootstrap CIs, see evaluate/clinical.py);
-  4. log it as an MLflow pyfunc defined in code (ship/pyfunc_model.py: safetensors + JSON spec, no
+     trial peaked and the learning rate of each epoch up to it: the recipe, replayed exactly (the
+     trial's schedule, stopped at its peak; see ``TrainConfig.stop_epoch / lr_by_epoch``);
+  2. cross-fit the recipe over train+val in K patient-grouped folds: out-of-fold scores give the
+     selection figure with its CI and the operating threshold (ship/selection.py);
+  3. retrain the recipe on all of train+val (the one loop; Ray Train for W > 1): the shipped model;
+  4. evaluate it once on the fixed test set, to report (patient-level bootstrap CIs, evaluate/clinical.py);
+  5. log it as an MLflow pyfunc defined in code (ship/pyfunc_model.py: safetensors + JSON spec, no
      pickle) and register it as a new version of ``<experiment>.<target>``;
-  5. under a lock: alias ``champion`` if it beats the current champion's test metric by ``margin`` on
-     the same test split, else alias ``challenger`` with the reason tagged.
+  6. under a lock: alias ``champion`` only if its out-of-fold figure clears chance and beats the current
+     champion's on the same images (paired patient bootstrap, lower bound above ``margin``), else
+     ``challenger`` with the reason tagged. The test set never decides.
 ``rollback`` moves ``champion`` back to the version it replaced.
 """
 
@@ -30,6 +34,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -43,8 +48,9 @@ from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
 from raypipe.errors import InputError
-from raypipe.evaluate.clinical import carried_threshold, evaluate_test
+from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
+from raypipe.ship import selection
 from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
@@ -61,10 +67,19 @@ class Promotion:
     version: str
     alias: str  # champion | challenger
     reason: str
-    metric: str
-    value: float
+    metric: str  # the selection metric: oof_auroc | oof_macro_f1
+    value: float  # out of fold: what decided
     ci95: tuple[float, float]
     previous_champion: str | None
+    test_value: float = math.nan  # reported, never decided on
+    test_ci95: tuple[float, float] = (math.nan, math.nan)
+
+
+def summary(p: Promotion) -> str:
+    """One line a person reads after a promotion: what decided, what the test says, the outcome."""
+    return (f"{p.model_name} v{p.version}: {p.metric} {p.value:.3f} (95% CI {p.ci95[0]:.3f}-{p.ci95[1]:.3f}), "
+            f"test {p.metric.removeprefix('oof_')} {p.test_value:.3f} ({p.test_ci95[0]:.3f}-{p.test_ci95[1]:.3f}, "
+            f"reported only) -> {p.alias}: {p.reason}")
 
 
 def model_name(experiment: str, target: str) -> str:
@@ -85,38 +100,48 @@ def best_of_study(client: MlflowClient, exp_id: str, target: str) -> dict[str, A
     monitor = study.data.tags["raypipe.monitor"]
     history = client.get_metric_history(best["run_id"], monitor)
     peak = max(history, key=lambda m: (m.value if not math.isnan(m.value) else -math.inf, -m.step))
-    at_peak = {key: {m.step: m.value for m in client.get_metric_history(best["run_id"], key)}.get(peak.step)
-               for key in ("val_threshold", "val_positive_rate")}
+    lr = {m.step: m.value for m in client.get_metric_history(best["run_id"], "lr")}
     return {"study_run_id": study.info.run_id, "study": study.data.tags["raypipe.study"], "monitor": monitor,
             "trial_run_id": best["run_id"], "trial_id": best["trial_id"], "config": best["config"],
-            "epochs": int(peak.step), "threshold": at_peak["val_threshold"] or 0.5,
-            "positive_rate": at_peak["val_positive_rate"], "split_hash": study.data.tags["raypipe.split_hash"]}
+            "epochs": int(peak.step), "lr_by_epoch": [lr[e] for e in range(1, int(peak.step) + 1) if e in lr],
+            "split_hash": study.data.tags["raypipe.split_hash"]}
+
+
+def replay_config(best: dict[str, Any]) -> TrainConfig:
+    """The trial's recipe for a retrain: its config, its schedule's length (cosine T_max) and learning
+    rates epoch by epoch (a plateau schedule's steps too), stopped at the epoch where it peaked. No early
+    stopping: a retrain on train+val has no held-out data to stop on."""
+    cfg = from_dict(TrainConfig, best["config"], f"study {best['study']} best_trial.json")
+    peak = max(1, best["epochs"])
+    lrs = best.get("lr_by_epoch") or []
+    return dataclasses.replace(cfg, stop_epoch=peak, patience=peak + 1,
+                               lr_by_epoch=lrs if len(lrs) == peak else None)
 
 
 # ----------------------------------------------------------------------------------- promote
 def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin: float = 0.0,
-            source: str = "auto", n_boot: int = 1000) -> Promotion:
+            source: str = "auto", n_boot: int = 1000, folds: int = 3) -> Promotion:
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
     client = MlflowClient(uri)
     exp_id = experiment_id(client, experiment, run_dir)
     best = best_of_study(client, exp_id, target_spec)
-    cfg = from_dict(TrainConfig, best["config"], f"study {best['study']} best_trial.json")
-    # Retrain for the trial's early-stopping point, no early stopping: there is no held-out val now.
-    cfg = dataclasses.replace(cfg, epochs=max(1, best["epochs"]), patience=max(1, best["epochs"]) + 1)
+    cfg = replay_config(best)
     prepared = prepare(data, cfg, run_dir, source)
     if prepared.split_hash != best["split_hash"]:
         raise InputError(f"target {target_spec}", "the data split changed since the study; tune again")
     target = parse_target(target_spec, prepared.scheme)
     job = make_job(prepared, target, cfg)
     val_rows, val_y = prepared.select(target, "val")
-    job = dataclasses.replace(job, train_rows=np.concatenate([job.train_rows, val_rows]),
-                              train_labels=np.concatenate([job.train_labels, val_y]))
+    trval_rows, trval_y = np.concatenate([job.train_rows, val_rows]), np.concatenate([job.train_labels, val_y])
+    job = dataclasses.replace(job, train_rows=trval_rows, train_labels=trval_y)
+    # grouping only, never logged: integer codes of the patients of train+val, in row order
+    groups = selection.patient_codes(pd.concat([prepared.frame(target, "train"), prepared.frame(target, "val")])
+                                     ["patient_id"].to_numpy())
     test_rows, test_y = prepared.select(target, "test")
     if len(test_rows) == 0:
         raise InputError(f"target {target.name}", "no images in the fixed test set")
-    test_frame = prepared.manifest[(prepared.splits["split"] == "test").to_numpy()]
-    test_rows_frame = target.select(test_frame, prepared.scheme)[0]
+    test_rows_frame = prepared.frame(target, "test")
     patients = test_rows_frame["patient_id"].to_numpy()  # grouping only: never logged
     # Subgroups reported like a clinical study: one-year age bins and sex (aggregates only). Not for
     # the age model: within one age bin its true class is constant, so macro-F1 there means nothing.
@@ -133,37 +158,47 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     run_id = run.info.run_id
     try:
         out_dir = run_dir / "promote" / run_id
-        result = launch.fit(job, out_dir, run_dir / "ray", name=f"promote-{run_id}", keep="last")
+        evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot)
+        result = launch.fit(job, out_dir / "final", run_dir / "ray", name=f"promote-{run_id}", keep="last")
         faults.point("promote:trained")
         model = _load(result.checkpoint)
         scores = _predict(model, job.cache, test_rows, job.n_classes)
-        threshold, threshold_source = 0.5, "argmax"
-        if job.n_classes == 2:
-            threshold, threshold_source = _operating_point(best, _predict(model, job.cache, val_rows, 2))
+        threshold = evidence.threshold()
+        threshold_source = ("Youden point of the out-of-fold scores (the recipe cross-fitted in "
+                            f"{evidence.folds} patient-grouped folds of train+val)") if job.n_classes == 2 else "argmax"
         report = evaluate_test(test_y, scores, patients, job.n_classes, threshold, n_boot=n_boot, seed=cfg.seed,
-                               groups=subgroup_labels)
+                               groups=subgroup_labels, prevalence=float(np.mean(trval_y)))
         metric = best["monitor"].removeprefix("val_")
-        report |= {"class_names": job.class_names, "threshold_source": threshold_source}
+        report |= {"class_names": job.class_names, "threshold_source": threshold_source,
+                   "selection": selection.describe(evidence),
+                   "note": "The test set is evaluated once per version, to report; the champion is decided on "
+                           "out-of-fold scores of train+val, never on test."}
         if job.n_classes == 2:
             report["gallery"] = _gallery(client, run_id, model, cfg, test_rows_frame, test_y, scores, threshold)
         client.log_dict(run_id, report, "test_evaluation.json")
         with tempfile.TemporaryDirectory() as tmp:  # labels and scores only: no identifiers
             np.savez(Path(tmp) / "test_predictions.npz", y=test_y, scores=scores)
             client.log_artifact(run_id, str(Path(tmp) / "test_predictions.npz"))
+            client.log_artifact(run_id, str(evidence.save(Path(tmp))), "selection")
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"test_{k}", v, 0, 0)
-                                          for k, v in report["metrics"].items() if not math.isnan(v)])
+                                          for k, v in report["metrics"].items() if not math.isnan(v)]
+                         + [mlflow.entities.Metric(f"oof_{metric}", evidence.value, 0, 0)])
         version = _register(uri, run_id, result.checkpoint, threshold, model_name(experiment, target.name))
         faults.point("promote:registered")
         tags = {"study": best["study"], "trial_id": best["trial_id"], "data_hash": prepared.data_hash,
                 "split_hash": prepared.split_hash, "git_sha": git_sha(), "metric": metric,
                 f"test_{metric}": repr(report["metrics"][metric]),
-                f"test_{metric}_ci95": json.dumps(report["ci95"][metric]), "threshold": repr(threshold)}
+                f"test_{metric}_ci95": json.dumps(report["ci95"][metric]), "threshold": repr(threshold),
+                "threshold_source": threshold_source[:250], "raypipe.decided_on": "out-of-fold",
+                "raypipe.selection_metric": f"oof_{evidence.metric}",
+                "raypipe.selection_value": repr(evidence.value),
+                "raypipe.selection_ci95": json.dumps(list(evidence.ci95))}
         for key, value in tags.items():
             client.set_model_version_tag(version.name, version.version, key, value)
         with _lock(run_dir, version.name):
-            promotion = decide(client, version.name, version.version, metric, report["metrics"][metric],
-                               prepared.split_hash, margin)
-        promotion.ci95 = tuple(report["ci95"][metric])
+            promotion = decide(client, version.name, version.version, evidence, prepared.split_hash, margin,
+                               n_boot=n_boot)
+        promotion.test_value, promotion.test_ci95 = report["metrics"][metric], tuple(report["ci95"][metric])
         client.set_tag(run_id, "raypipe.alias", promotion.alias)
         client.set_tag(run_id, "raypipe.reason", promotion.reason)
     except BaseException:
@@ -171,6 +206,23 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         raise
     client.set_terminated(run_id, "FINISHED")
     return promotion
+
+
+def _cross_fit(job, groups: np.ndarray, folds: int, out_dir: Path, run_dir: Path, run_id: str,
+               n_boot: int) -> selection.Selection:
+    """Out-of-fold scores of the recipe over train+val (``job.train_rows``), as selection evidence."""
+    rows, y = job.train_rows, job.train_labels
+
+    def score_fold(train_idx: np.ndarray, held_idx: np.ndarray) -> np.ndarray:
+        fold = len(list((out_dir / "folds").glob("*"))) if (out_dir / "folds").exists() else 0
+        fold_job = dataclasses.replace(job, train_rows=rows[train_idx], train_labels=y[train_idx],
+                                       val_rows=rows[held_idx], val_labels=y[held_idx])
+        result = launch.fit(fold_job, out_dir / "folds" / str(fold), run_dir / "ray",
+                            name=f"promote-{run_id}-fold{fold}", keep="last")
+        return checkpoint.read_predictions(result.checkpoint)["scores"]  # the held-out rows, in order
+
+    oof = selection.cross_fit(rows, y, groups, folds, job.cfg.seed, score_fold)
+    return selection.evidence(y, oof, groups, folds, n_boot, job.cfg.seed)
 
 
 def _close_dead_promotions(client: MlflowClient, exp_id: str, target: str) -> None:
@@ -194,22 +246,6 @@ def _load(ckpt_dir: Path) -> torch.nn.Module:
     model = build_model_from_spec(json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()))
     checkpoint.load_weights(ckpt_dir, model)
     return model.eval()
-
-
-def _operating_point(best: dict[str, Any], val_scores: np.ndarray) -> tuple[float, str]:
-    """The decision threshold of the retrained model, carried over from its tuning trial.
-
-    The trial's Youden threshold is a score of *that* model; the retrained one (more data, no early
-    stop) puts its scores elsewhere, so reusing the number can call every image positive. What carries
-    over is the operating point as a rate: the retrained model gets the threshold at which it calls
-    the same fraction of the validation images positive as the trial did at its Youden point.
-    """
-    rate = best.get("positive_rate")
-    if rate is None or math.isnan(rate) or len(val_scores) == 0:  # a study from before the rate was logged
-        return float(best["threshold"]), f"validation Youden threshold of trial {best['trial_id']}"
-    return carried_threshold(val_scores, rate), (
-        f"validation positive rate {rate:.3f} at the Youden point of trial {best['trial_id']}, "
-        "carried to the retrained model")
 
 
 def _gallery(client: MlflowClient, run_id: str, model: torch.nn.Module, cfg: TrainConfig, frame, y: np.ndarray,
@@ -293,23 +329,36 @@ def current_champion(client: MlflowClient, name: str):
         return None
 
 
-def decide(client: MlflowClient, name: str, version: str, metric: str, value: float, split_hash: str,
-           margin: float) -> Promotion:
-    """Give ``version`` the champion alias if it wins, else the challenger alias. Call under ``_lock``."""
+def decide(client: MlflowClient, name: str, version: str, evidence: selection.Selection, split_hash: str,
+           margin: float, n_boot: int = 1000) -> Promotion:
+    """Give ``version`` the champion alias if its out-of-fold evidence wins, else the challenger alias.
+
+    A version whose CI includes chance is registered but never champion. Against a champion on the same
+    split, both recipes scored the same train+val images out of fold: ``version`` wins only when the
+    lower bound of the paired patient-bootstrap CI of the difference exceeds ``margin``. Call under ``_lock``.
+    """
     champion = current_champion(client, name)
     previous = str(champion.version) if champion else None
-    if champion is None:
-        alias, reason = CHAMPION, "first version of this model"
+    metric = f"oof_{evidence.metric}"
+    shown = f"{metric} {evidence.value:.3f} (95% CI {evidence.ci95[0]:.3f}-{evidence.ci95[1]:.3f})"
+    if not evidence.above_chance:
+        alias, reason = CHALLENGER, f"{shown} includes chance ({evidence.chance:.3f}): never champion"
+        client.set_model_version_tag(name, version, "raypipe.chance_floor", "failed")
+    elif champion is None:
+        alias, reason = CHAMPION, f"first version of this model; {shown} is above chance"
     elif champion.tags.get("split_hash") != split_hash:
-        alias, reason = CHALLENGER, (f"champion v{champion.version} was tested on another split "
+        alias, reason = CHALLENGER, (f"champion v{champion.version} was selected on another split "
                                      f"({champion.tags.get('split_hash', '?')[:12]}); not comparable")
+    elif (theirs := selection.load_from_run(client, champion.run_id, n_boot)) is None:
+        alias, reason = CHAMPION, (f"champion v{champion.version} has no out-of-fold evidence (chosen before "
+                                   f"selection without test); {shown} is above chance")
     else:
-        best = float(champion.tags.get(f"test_{metric}", "nan"))
-        if math.isnan(value) or not value > best + margin:
-            alias, reason = CHALLENGER, (f"test {metric} {value:.4f} does not beat champion v{champion.version} "
-                                         f"({best:.4f}) by the margin {margin}")
+        diff, (low, high) = selection.paired_difference(evidence, theirs, n_boot)
+        versus = f"{diff:+.3f} vs champion v{champion.version} (paired 95% CI {low:+.3f} to {high:+.3f})"
+        if low > margin:
+            alias, reason = CHAMPION, f"{metric} {versus}: better by more than the margin {margin}"
         else:
-            alias, reason = CHAMPION, f"test {metric} {value:.4f} beats champion v{champion.version} ({best:.4f})"
+            alias, reason = CHALLENGER, f"{metric} {versus}: not better by more than the margin {margin}"
     if alias == CHAMPION:
         if previous:
             client.set_model_version_tag(name, version, "previous_champion", previous)
@@ -318,7 +367,7 @@ def decide(client: MlflowClient, name: str, version: str, metric: str, value: fl
     else:
         client.set_registered_model_alias(name, CHALLENGER, version)
     client.set_model_version_tag(name, version, "promotion", f"{alias}: {reason}")
-    return Promotion(name, str(version), alias, reason, metric, value, (math.nan, math.nan),
+    return Promotion(name, str(version), alias, reason, metric, evidence.value, evidence.ci95,
                      previous if alias == CHAMPION else None)
 
 

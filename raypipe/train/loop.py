@@ -29,7 +29,7 @@ from raypipe import faults
 from raypipe.config import TrainConfig
 from raypipe.data.cache import ImageCache
 from raypipe.data.dataset import CachedImageDataset
-from raypipe.data.sampling import build_sampler
+from raypipe.data.sampling import KeyedDraws, build_sampler
 from raypipe.models.backbones import build_model, model_spec
 from raypipe.models.losses import build_loss
 from raypipe.train import checkpoint
@@ -80,11 +80,11 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
     # 2. Data: cached images; each rank draws its own share of every epoch.
     train_ds = CachedImageDataset(job.cache, job.train_rows, job.train_labels, cfg.augment, train=True, seed=cfg.seed)
     val_ds = CachedImageDataset(job.cache, job.val_rows, job.val_labels, 0.0, train=False, seed=cfg.seed)
-    sampler = build_sampler(cfg, job.train_labels, session.rank, world)
+    sampler = KeyedDraws(build_sampler(cfg, job.train_labels, session.rank, world), session.rank, world)
     batch = max(1, cfg.batch_size // world)  # cfg.batch_size is global
     # Not persistent: the dataset's per-epoch augmentation seed must reach fresh loader workers.
     loader_args = {"num_workers": cfg.loader_workers, "pin_memory": device.type == "cuda"}
-    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) > batch, **loader_args)
+    train_loader = train_data_loader(train_ds, sampler, batch, **loader_args)
     val_loader = DataLoader(val_ds, batch_size=2 * batch, shuffle=False, **loader_args)
 
     # 3. Model, loss, optimiser, schedule.
@@ -106,9 +106,13 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
         resumed = int(state["epoch"])
 
     # 5. Epochs: train, validate (rank 0), checkpoint + report, early stopping.
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    last_epoch = min(cfg.epochs, cfg.stop_epoch or cfg.epochs)  # the schedule spans cfg.epochs regardless
+    for epoch in range(state["epoch"] + 1, last_epoch + 1):
         if state["bad_epochs"] >= cfg.patience:
             break
+        if cfg.lr_by_epoch:  # a replay (a promotion's retrain): the trial's learning rates, epoch by epoch
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_by_epoch[min(epoch, len(cfg.lr_by_epoch)) - 1]
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         started = time.perf_counter()
@@ -134,10 +138,17 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
             ckpt_dir = checkpoint.save(session.staging_dir(), model, optimizer, scheduler,
                                        state, job.spec, {"y": y, "scores": scores})
         bad_epochs, score = _from_rank0([state["bad_epochs"], metrics.get(job.monitor, math.nan)], device, world)
-        _step_scheduler(scheduler, cfg, score)
+        if not cfg.lr_by_epoch:
+            _step_scheduler(scheduler, cfg, score)
         session.report(metrics, ckpt_dir)
         state["bad_epochs"], state["epoch"] = int(bad_epochs), epoch
     return state
+
+
+def train_data_loader(dataset, sampler, batch: int, **loader_args: Any) -> DataLoader:
+    """Batches of this rank's share of the epoch. ``drop_last`` (no tiny last batch for BatchNorm) is
+    decided from the rank's share, not the whole set: a rank whose share fits one batch still trains."""
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=len(sampler) > batch, **loader_args)
 
 
 def best_key(monitor: str) -> str:

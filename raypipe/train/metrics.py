@@ -1,8 +1,8 @@
 """Validation metrics, one function per task type.
 
 Binary (fracture) decisions use the Youden threshold (max sensitivity + specificity - 1)
-chosen on the same predictions; promotion later applies the *validation* threshold to the
-test set. Undefined metrics (one class only) are NaN, never a crash.
+chosen on the same predictions; promotion ships the Youden point of out-of-fold scores
+(ship/selection.py) and applies it to the test set. Undefined metrics (one class only) are NaN, never a crash.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float | None = None)
         "specificity": tn / (tn + fp) if tn + fp else float("nan"),
         "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
         "f1": float(f1_score(y, pred, zero_division=0.0)),
-        # The operating point as a rate: promotion carries it to the retrained model (see ship/promote.py).
+        # The share of images called positive at this threshold.
         "positive_rate": float(pred.mean()) if len(y) else float("nan"),
     }
 

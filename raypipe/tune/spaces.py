@@ -35,9 +35,10 @@ SPEC_KEYS = {"type", "low", "high", "step", "choices", "when"}
 NOT_SEARCHABLE = {
     "image_size": "sets the image cache", "masking": "sets the image cache", "age_scheme": "sets the targets",
     "test_per_class": "sets the test split", "val_fraction": "sets the split", "include_metal": "sets the split",
-    "seed": "sets the split", "epochs": "is the ASHA budget", "workers": "is set by --workers-per-trial",
+    "seed": "is the run's seed", "split_seed": "sets the split", "test_max_fraction": "sets the test split", "epochs": "is the ASHA budget", "workers": "is set by --workers-per-trial",
     "use_gpu": "is set by --gpus-per-trial", "loader_workers": "is a resource setting",
     "monitor": "is the study's objective", "pretrained": "is a file path",
+    "stop_epoch": "is set by a promotion's replay", "lr_by_epoch": "is set by a promotion's replay",
 }
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 

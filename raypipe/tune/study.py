@@ -151,8 +151,9 @@ class Study:
 
     @property
     def optuna_name(self) -> str:
-        # One Optuna study per target and data split: later rounds warm-start from earlier trials.
-        return f"{self.target.name}@{self.split_hash[:12]}"
+        # One Optuna study per target, data split and space: later rounds warm-start from earlier trials of
+        # the same space only (another space's trials would be points outside it, or of other parameters).
+        return f"{self.target.name}@{self.split_hash[:12]}-{self.space.sha256[:8]}"
 
     def record(self, options: TuneOptions) -> dict[str, Any]:
         return {"target": self.target.name, "space": str(self.space.path), "space_sha256": self.space.sha256,

@@ -92,3 +92,23 @@ def test_rejects_mismatched_rows_and_labels(cache: ImageCache) -> None:
         CachedImageDataset(cache, np.arange(3), np.arange(2), 0.0, False, 0)
     with pytest.raises(ValueError, match="out of range"):
         CachedImageDataset(cache, np.array([0, 99]), np.array([0, 1]), 0.0, False, 0)
+
+
+def test_an_image_drawn_twice_or_on_two_ranks_is_augmented_differently(cache: ImageCache) -> None:
+    """Weighted sampling draws with replacement: each draw gets its own augmentation, as does each rank."""
+    from raypipe.data.sampling import KeyedDraws
+
+    rows, labels = np.arange(len(cache)), np.zeros(len(cache), np.int64)
+    ds = CachedImageDataset(cache, rows, labels, augment=1.0, train=True, seed=0)
+    twice = [ds[(3, draw)][0] for draw in (0, 1, 2)]
+    assert not torch.equal(twice[0], twice[1]) and not torch.equal(twice[1], twice[2])
+    assert torch.equal(ds[(3, 1)][0], twice[1])  # still reproducible
+
+    class Repeat(list):  # a sampler that draws index 3 four times
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+    draws = [list(KeyedDraws(Repeat([3, 3]), rank, 2)) for rank in (0, 1)]
+    assert draws == [[(3, 0), (3, 2)], [(3, 1), (3, 3)]]  # every draw of the epoch has its own key
+    tensors = [ds[item][0] for rank in draws for item in rank]
+    assert all(not torch.equal(a, b) for i, a in enumerate(tensors) for b in tensors[i + 1:])

@@ -79,3 +79,34 @@ def test_save_load_hash_roundtrip(tmp_path):
     loaded, h2 = load(tmp_path / "splits.csv")
     assert h == h2 and loaded["split"].tolist() == s["split"].tolist()
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_the_test_set_never_eats_the_data():
+    """300 patients at the default K=10 would put most of them in test; K is lowered, with a warning. With
+    60, even K=1 would: cells are filled up to the share."""
+    m = fake_manifest(300)
+    with pytest.warns(UserWarning, match="test_per_class 10 would put more than 30% of the 29[0-9] patients"):
+        s = make_splits(m, get_scheme("4group"), SplitParams(test_per_class=10))
+    used = m.assign(split=s["split"])
+    test_patients = used[used["split"].isin(["test"]) | (s["reason"] == "test patient, cell full")]
+    assert 0.1 * 300 < test_patients["patient_id"].nunique() <= 0.3 * 300  # (294 without metal)
+
+    m = fake_manifest(60)
+    with pytest.warns(UserWarning, match="even test_per_class 1"):
+        s = make_splits(m, get_scheme("4group"), SplitParams(test_per_class=10))
+    used = m.assign(split=s["split"])
+    test_patients = used[used["split"].isin(["test"]) | (s["reason"] == "test patient, cell full")]
+    assert 0 < test_patients["patient_id"].nunique() <= 0.3 * m["patient_id"].nunique()
+    assert (s["split"] == "train").sum() > (s["split"] == "test").sum()
+
+
+def test_a_model_seed_replicate_keeps_the_test_set():
+    from raypipe.config import TrainConfig
+    from raypipe.data.prepare import split_params
+
+    m = fake_manifest(200)
+    a, b = (make_splits(m, get_scheme("4group"), split_params(TrainConfig(test_per_class=3, seed=s)))
+            for s in (0, 7))
+    assert a.equals(b)
+    c = make_splits(m, get_scheme("4group"), split_params(TrainConfig(test_per_class=3, split_seed=7)))
+    assert not a.equals(c)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from raypipe.evaluate.clinical import bootstrap_ci, calibration, carried_threshold, evaluate_test
+from raypipe.evaluate.clinical import bootstrap_ci, calibration, evaluate_test
 
 
 def scored(n_patients: int, views: int = 2, seed: int = 0):
@@ -68,14 +69,6 @@ def test_subgroups_report_each_group_and_only_counts_for_small_or_one_class_grou
     assert all(0 <= groups[k]["auroc"] <= 1 for k in "012")
 
 
-def test_carried_threshold_calls_the_same_fraction_positive_on_any_score_scale():
-    rng = np.random.default_rng(2)
-    for scores in (rng.uniform(0, 1, 500), rng.uniform(0.49, 0.51, 500), rng.beta(0.5, 5, 500)):
-        for rate in (0.0, 0.1, 0.37, 1.0):
-            t = carried_threshold(scores, rate)
-            assert abs((scores >= t).mean() - rate) <= 1 / len(scores)
-
-
 def test_subgroups_have_cis_around_their_estimate_and_small_groups_only_a_count():
     y, p, patients = scored(200)
     labels = np.where(np.arange(len(y)) < 390, "large", "tiny")  # 390 images vs 10 images
@@ -84,3 +77,13 @@ def test_subgroups_have_cis_around_their_estimate_and_small_groups_only_a_count(
     low, high = groups["large"]["ci95"]
     assert low <= groups["large"]["auroc"] <= high
     assert groups["four"] == {"n": 4}
+
+
+def test_ppv_and_npv_follow_the_prevalence_not_the_balanced_test_set():
+    from raypipe.evaluate.clinical import at_prevalence
+
+    balanced = at_prevalence(0.9, 0.8, 0.5)
+    rare = at_prevalence(0.9, 0.8, 0.1)
+    assert balanced["ppv"] == pytest.approx(0.45 / (0.45 + 0.10))
+    assert rare["ppv"] == pytest.approx(0.09 / (0.09 + 0.18)) and rare["ppv"] < balanced["ppv"]
+    assert rare["npv"] > balanced["npv"]

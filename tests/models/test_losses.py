@@ -126,3 +126,14 @@ def test_half_precision_logits_give_float32_loss() -> None:
     t = torch.tensor([1, 0])
     assert BinaryFocalLoss()(torch.tensor([0.5, -0.5], dtype=torch.bfloat16), t).dtype == torch.float32
     assert SoftmaxFocalLoss()(torch.randn(2, 3).bfloat16(), t).dtype == torch.float32
+
+
+def test_focal_alpha_is_neutral_with_a_weighted_sampler() -> None:
+    """The sampler already balances the batches: alpha would compensate the imbalance a second time."""
+    x, t = torch.tensor([[1.5], [-0.3], [0.2]]), torch.tensor([1, 0, 0])
+    plain = build_loss(TrainConfig(loss="focal", focal_alpha=0.8, sampler="none"), 2, np.array([9, 1]))
+    weighted = build_loss(TrainConfig(loss="focal", focal_alpha=0.8, sampler="weighted"), 2, np.array([9, 1]))
+    assert plain.alpha == 0.8 and weighted.alpha < 0
+    unweighted = sigmoid_focal_loss(x[:, 0], t.float(), alpha=-1, gamma=2.0, reduction="mean")
+    assert torch.allclose(weighted(x, t), unweighted)
+    assert not torch.allclose(plain(x, t), unweighted)
