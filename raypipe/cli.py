@@ -8,10 +8,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.table import Table
 
-from raypipe.config import TrainConfig, check_value, from_dict, load_preset, load_train_config, to_dict
+from raypipe.config import (
+    TrainConfig,
+    check_value,
+    from_dict,
+    load_preset,
+    load_train_config,
+    parse_yaml,
+    to_dict,
+)
 from raypipe.console import console, err_console, progress_bar
 from raypipe.errors import EXIT_INPUT, InputError
 
@@ -382,7 +389,7 @@ def _overrides(items: list[str] | None) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError("--set", f"expected key=value, got {item!r}", field=item)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, "--set")  # the config files' YAML: `masking=off` stays text
     return out
 
 
@@ -417,7 +424,8 @@ def _frame_table(frame, title: str) -> Table:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes are one line on stderr and exit code 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone_mode=False makes click *return* the code of a `typer.Exit(n)` instead of raising it
+        code = app(args=argv, standalone_mode=False)
     except InputError as exc:
         err_console.print(f"error: {exc}", soft_wrap=True, markup=False)
         sys.exit(EXIT_INPUT)
@@ -431,3 +439,5 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,7 +221,9 @@ def _coerce(hint: Any, value: Any, origin: str | Path, name: str) -> Any:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice (PyYAML silently keeps the last one)."""
+    """``yaml.safe_load`` that refuses a key given twice (PyYAML silently keeps the last one) and reads
+    booleans as YAML 1.2 does: only true/false. PyYAML is YAML 1.1, where `off`, `on`, `yes`, `no`, `y`
+    and `n` are booleans too, so the documented `masking: off` arrived as False and was refused."""
 
     def construct_mapping(self, node, deep=False):
         seen: set = set()
@@ -234,6 +237,15 @@ class _StrictLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 core schema booleans in place of YAML 1.1's (which also match yes/no/on/off/y/n)
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "tTfF":
+    _StrictLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, (
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
 
 
 def parse_yaml(text: str, origin: str | Path) -> Any:

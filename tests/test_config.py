@@ -49,3 +49,22 @@ def test_targets_parse_and_list():
         with pytest.raises(ValueError):
             parse_target(bad, scheme)
     assert len(all_targets(scheme)) == 1 + 2 * 4
+
+
+@pytest.mark.parametrize("value", ["off", "fill", "blur"])
+def test_every_masking_choice_reads_as_text_from_a_file_and_from_set(tmp_path, value):
+    """YAML 1.1 reads `off` (and on/yes/no/y/n) as a boolean: the documented `masking: off` must stay text."""
+    from raypipe.cli import _overrides
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"masking: {value}\nsampler: none\nloss: focal\namp: true\n")
+    cfg = load_train_config(path)
+    assert (cfg.masking, cfg.sampler, cfg.amp) == (value, "none", True)
+    assert load_train_config(None, _overrides([f"masking={value}", "amp=false"])).masking == value
+
+
+def test_yes_and_no_are_text_too(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("amp: yes\n")
+    with pytest.raises(InputError, match="expected bool, got 'yes'"):
+        load_train_config(path)

@@ -72,3 +72,15 @@ def test_exception_in_one_trial_fails_that_trial_only(synth_data, tmp_path):
     for state, hidden in states.values():
         expected = optuna.trial.TrialState.FAIL if hidden == 96 else optuna.trial.TrialState.COMPLETE
         assert state == expected, states
+
+
+def test_a_study_whose_every_trial_failed_exits_1(synth_data, tmp_path):
+    """`ray job submit` reads the exit code: a study with no finished trial must not report success."""
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  head_hidden: {type: categorical, choices: [96]}\n")
+    proc = raypipe("tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--experiment", "allfail",
+                   "--target", "fracture", "--trials", "1", "--space", str(space), "--epochs", "1",
+                   "--set", "image_size=32", "--set", "test_per_class=3",
+                   env={"RAYPIPE_FAULT": "raise:head_hidden=96"}, timeout=400)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no trial of fracture finished" in proc.stderr
