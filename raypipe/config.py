@@ -28,7 +28,7 @@ class TrainConfig:
 
     # model
     backbone: str = "test_convnext"
-    pretrained: str | None = None  # local weights file; None = random init
+    pretrained: str | None = None  # local weights file or hf-hub:<repo> (Hugging Face cache first); None = random init
     image_size: int = 64
     drop_path: float = 0.0
     head_hidden: int = 256

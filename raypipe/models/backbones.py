@@ -1,8 +1,10 @@
-"""Models: a 1-channel timm backbone plus the seed MLP head, pretrained weights only from local files.
+"""Models: a 1-channel timm backbone plus the seed MLP head, pretrained weights from a file or the hub.
 
-The machines reach no model hub, so timm is always called with ``pretrained=False``; weights come
-from ``cfg.pretrained`` (.safetensors, or .pth/.pt/.bin loaded with ``weights_only=True`` so a
-checkpoint cannot run code). RGB stems are adapted to grayscale by summing over input channels
+timm is always called with ``pretrained=False``; weights come from ``cfg.pretrained``: a local file
+(.safetensors, or .pth/.pt/.bin loaded with ``weights_only=True`` so a checkpoint cannot run code), or
+a Hugging Face hub name (``hf-hub:timm/convnext_tiny.fb_in1k``), which resolves through the standard
+Hugging Face cache first (``HF_HOME`` / ``HF_HUB_CACHE``), reaches the network only when the weights
+are not cached and ``HF_HUB_OFFLINE`` is unset, and loads safetensors only. RGB stems are adapted to grayscale by summing over input channels
 (what timm does for ``in_chans=1``). Binary targets get one logit, k-class targets k logits.
 """
 
@@ -85,7 +87,7 @@ def build_model(cfg: TrainConfig, n_classes: int, *, warn_random: bool = True) -
     faults.raise_for(cfg)  # test hook: inert unless a fault test arms it
     backbone = _create_backbone(cfg)
     if cfg.pretrained:
-        load_pretrained(backbone, cfg.pretrained)
+        load_pretrained(backbone, resolve_pretrained(cfg.pretrained))
     elif warn_random and cfg.backbone not in TINY_BACKBONES:
         warnings.warn(f"{cfg.backbone}: no pretrained weights (cfg.pretrained is empty), training from "
                       f"random init", stacklevel=2)
@@ -108,13 +110,47 @@ def build_model_from_spec(spec: dict[str, Any]) -> Classifier:
     return build_model(cfg, spec["n_classes"], warn_random=False)
 
 
-# ---------------------------------------------------------------- local pretrained weights
+# ---------------------------------------------------------------- pretrained weights
+HUB_PREFIX = "hf-hub:"
+HUB_WEIGHTS = "model.safetensors"  # safetensors only from the hub: no pickle from the network
+
+
+def resolve_pretrained(spec: str) -> Path:
+    """``cfg.pretrained`` -> a local weights file. A hub name is looked up in the Hugging Face cache, then
+    (unless ``HF_HUB_OFFLINE``) downloaded into it; neither -> one-line ``InputError``."""
+    if not spec.startswith(HUB_PREFIX):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise InputError(path, "pretrained weights file not found (a local file, or hf-hub:<repo> for the "
+                                   "Hugging Face hub)")
+        return path
+    import os
+
+    from huggingface_hub import hf_hub_download
+
+    repo = spec.removeprefix(HUB_PREFIX)
+    # read now, not at import: the variables a user sets for this run are the ones that count
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    cache = Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(hf_hub_download(repo, HUB_WEIGHTS, cache_dir=cache, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (huggingface_hub raises several types)
+        if offline:
+            raise InputError(spec, f"no {HUB_WEIGHTS} for {repo} in the Hugging Face cache {cache}, and "
+                                   "HF_HUB_OFFLINE is set") from None
+    try:
+        return Path(hf_hub_download(repo, HUB_WEIGHTS, cache_dir=cache))
+    except Exception as exc:  # noqa: BLE001 - network, auth, missing file: all one line for the user
+        raise InputError(spec, f"weights neither in the Hugging Face cache {cache} nor downloadable "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a local weights file; pickled objects other than tensors are refused."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "pretrained weights file not found (only local files: no hub downloads)")
+        raise InputError(path, "pretrained weights file not found")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:

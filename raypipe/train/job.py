@@ -51,6 +51,10 @@ def check_choices(cfg: TrainConfig, origin: str = "config") -> None:
             raise InputError(origin, f"unknown {key} {getattr(cfg, key)!r} (known: {', '.join(known)})", field=key)
     if not timm.is_model(cfg.backbone):
         raise InputError(origin, f"unknown backbone {cfg.backbone!r} (any timm model name)", field="backbone")
+    if cfg.pretrained:  # a missing file or uncached, unreachable hub weights: before any worker starts
+        from raypipe.models.backbones import resolve_pretrained
+
+        resolve_pretrained(cfg.pretrained)
 
 
 def make_job(prepared: PreparedData, target: Target, cfg: TrainConfig) -> TrainJob:

@@ -37,7 +37,7 @@ NOT_SEARCHABLE = {
     "test_per_class": "sets the test split", "val_fraction": "sets the split", "include_metal": "sets the split",
     "seed": "is the run's seed", "split_seed": "sets the split", "test_max_fraction": "sets the test split", "epochs": "is the ASHA budget", "workers": "is set by --workers-per-trial",
     "use_gpu": "is set by --gpus-per-trial", "loader_workers": "is a resource setting",
-    "monitor": "is the study's objective", "pretrained": "is a file path",
+    "monitor": "is the study's objective", "pretrained": "names one set of weights",
     "stop_epoch": "is set by a promotion's replay", "lr_by_epoch": "is set by a promotion's replay",
 }
 SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"

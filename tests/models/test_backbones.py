@@ -173,3 +173,29 @@ def test_model_spec_round_trip() -> None:
     trained = build_model(cfg, 4)
     rebuilt = build_model_from_spec(spec)
     rebuilt.load_state_dict(trained.state_dict())  # strict: same architecture
+
+
+def _hub_cache(home: Path, repo: str, state: dict) -> None:
+    """What a download leaves in the Hugging Face cache: models--<org>--<name>/snapshots/<rev>/ + refs/main."""
+    base = home / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = base / "snapshots" / "0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    save_file(state, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text("{}")
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text("0123456789abcdef")
+
+
+def test_hub_name_loads_from_the_hugging_face_cache_without_the_network(tmp_path, monkeypatch) -> None:
+    state = _rgb_state("test_convnext")
+    _hub_cache(tmp_path / "hf", "timm/test_convnext.r160_in1k", state)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a network call would fail the test, not pass it
+    model = build_model(TrainConfig(backbone="test_convnext", pretrained="hf-hub:timm/test_convnext.r160_in1k"), 2)
+    stem = next(k for k in state if k.endswith("weight") and state[k].ndim == 4)
+    assert torch.allclose(model.backbone.state_dict()[stem], state[stem].sum(dim=1, keepdim=True))
+
+    with pytest.raises(InputError, match="HF_HUB_OFFLINE") as err:
+        build_model(TrainConfig(backbone="test_convnext", pretrained="hf-hub:timm/not_cached"), 2)
+    assert "\n" not in str(err.value)
