@@ -119,7 +119,7 @@ def _plan(seed: int, patients: int, height: int, width: int) -> list[dict[str, A
         pid = f"{i + 1:04d}"
         sex = str(rng.choice(["M", "F", "O"], p=[0.52, 0.475, 0.005]))
         body = {  # anatomy shared by all of a patient's images
-            "scale": rng.uniform(0.92, 1.08), "density": rng.uniform(0.9, 1.1),
+            "scale": rng.uniform(0.96, 1.04), "density": rng.uniform(0.9, 1.1),
             "closure": (15.2 if sex == "F" else 16.8) + rng.normal(0, 0.6),
             "onset": CARPALS[:, 0] * np.exp(rng.normal(0, 0.12, len(CARPALS))),
             "ulna_onset": rng.normal(6.0, 0.7), "ulnar_variance": rng.normal(0.0, 0.012),
@@ -268,7 +268,7 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
     spread = {1: 1.0, 2: 0.12, 3: 0.55}[img["projection"]]  # how far apart radius and ulna project
     lat = img["projection"] == 2
     grow = min(age, 18.0) / 18.0
-    s = 0.82 * (0.45 + 0.55 * grow ** 0.7) * body["scale"] * rng.uniform(0.96, 1.04)
+    s = 0.82 * (0.45 + 0.55 * grow ** 0.7) * body["scale"] * rng.uniform(0.98, 1.02)
     dens = body["density"] * (0.8 + 0.2 * grow) * (0.7 if img["osteopenia"] else 1.0)
     cval, mval = 0.85 * dens, 0.32 * dens
     cort = (0.24 + 0.22 * grow) * (0.6 if img["osteopenia"] else 1.0)  # cortex share of shaft half-width
