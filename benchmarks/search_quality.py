@@ -15,10 +15,11 @@ target and seed:
                epochs trials, of which raypipe's rule makes the first half random start-up trials)
 
 Every study runs through raypipe's own tuning code (``tune.study.plan/run``: Ray Tune, Optuna, MLflow),
-and its best trial is promoted with ``ship.promote.promote`` (retrained on train+val for the epochs at which
-it peaked, tested once on the fixed test set, patient-level bootstrap 95% CI). Reported per seed, target and
+and its best trial is promoted with ``ship.promote.promote`` (cross-fitted for out-of-fold evidence, retrained
+on train+val replaying the trial up to its peak, tested once on the fixed test set, patient-level bootstrap
+95% CI). Reported per seed, target and
 strategy: trial-epochs spent, trials, best validation AUROC, and the promoted model's test AUROC with its
-CI. A seed changes the split (``TrainConfig.seed``: split, initialisation, sampler) and the searcher's seed.
+CI. A seed changes the split (``split_seed``), the initialisation and sampler (``seed``) and the searcher's seed.
 
 The strategies are raypipe's own tune options (``TuneOptions`` / ``raypipe tune --searcher --scheduler
 --epoch-budget``): random = ``searcher=random, scheduler=fifo``, TPE + ASHA = the defaults, both with
@@ -72,14 +73,14 @@ def tune_strategy(strategy: str, seed: int, args: argparse.Namespace, experiment
 
     root, data = Path(args._root), Path(args._root) / "data"
     base = TrainConfig(backbone=args.backbone, image_size=args.image_size, epochs=args.epochs, batch_size=32,
-                       augment=0.2, test_per_class=args.test_per_class, seed=seed)
+                       augment=0.2, test_per_class=args.test_per_class, seed=seed, split_seed=seed)
     if strategy == "seed_fixed":
         trials = 1
     elif strategy == "random":
         trials = args.budget  # an upper bound (a trial runs >= 1 epoch): the budget stopper ends the study
     else:
-        # enough trials for ASHA to spend the budget (pruned trials run 1-2 epochs); raypipe starts TPE after
-        # min(10, trials // 2) random trials, so this also sets TPE's start-up
+        # enough trials for ASHA to spend the budget (pruned trials stop at the grace period); TPE's start-up
+        # follows from the trial count (tune/search.py: a third, 2-10, the base config first)
         trials = math.ceil(3 * args.budget / args.epochs)
     searched = strategy != "seed_fixed"  # the seed config is one run of `budget` epochs: nothing to cap
     options = studies_mod.TuneOptions(trials=trials, seed=seed, searcher="random" if strategy == "random" else "tpe",
@@ -111,7 +112,8 @@ def promote_target(target: str, args: argparse.Namespace, experiment: str) -> di
     torch.set_num_threads(1)
     root = Path(args._root)
     p = promote(root / "data", target, root, experiment, margin=0.0, n_boot=args.bootstrap)
-    return {"test_auroc": _r(p.value), "test_auroc_ci95": [_r(v) for v in p.ci95],
+    return {"test_auroc": _r(p.test_value), "test_auroc_ci95": [_r(v) for v in p.test_ci95],
+            "oof_auroc": _r(p.value), "oof_auroc_ci95": [_r(v) for v in p.ci95], "alias": p.alias,
             "model": f"{p.model_name} v{p.version}"}
 
 

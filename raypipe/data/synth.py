@@ -272,7 +272,8 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
     dens = body["density"] * (0.8 + 0.2 * grow) * (0.7 if img["osteopenia"] else 1.0)
     cval, mval = 0.85 * dens, 0.32 * dens
     cort = (0.24 + 0.22 * grow) * (0.6 if img["osteopenia"] else 1.0)  # cortex share of shaft half-width
-    gap = 0.06 * h * s * max(0.0, 1.0 - age / body["closure"]) ** 0.7  # physis width in px (2+ px at 64 px)
+    # physis width in px: open (2+ px at 64 px) until shortly before closure, then closing fast
+    gap = 0.06 * h * s * max(0.0, 1.0 - age / body["closure"]) ** 0.4
     cx, yp = w * (0.5 + rng.normal(0, 0.03)), h * (0.5 + rng.normal(0, 0.03))
     wf = 0.8 + 0.2 * spread
     r_meta, r_shaft = 0.13 * w * s * wf, 0.075 * w * s * wf
