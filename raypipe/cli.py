@@ -253,6 +253,8 @@ def promote_cmd(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment of the studies (default: the "
                                                    "preset name).")] = None,
     source: Source = "auto",
+    shortcut_tolerance: Annotated[float, typer.Option(
+        help="Flag a model whose test AUROC moves by more than this when mask places are shuffled.")] = 0.02,
 ) -> None:
     """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins."""
     from mlflow.tracking import MlflowClient
@@ -271,9 +273,12 @@ def promote_cmd(
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
     for spec in target:
-        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap)
+        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap, shortcut_tolerance)
         console.print(f"{p.model_name} v{p.version}: test {p.metric} {p.value:.3f} "
                       f"(95% CI {p.ci95[0]:.3f}-{p.ci95[1]:.3f}) -> {p.alias}: {p.reason}", soft_wrap=True)
+        if p.shortcut_flag:
+            console.print(f"{p.model_name} v{p.version}: SHORTCUT FLAG: its test AUROC moves by more than "
+                          f"{shortcut_tolerance} when text-box masks are shuffled (shortcut_audit.json)", soft_wrap=True)
 
 
 @app.command("predict")

@@ -85,6 +85,7 @@ class PromotePlan:
 
     margin: float = 0.0  # test-metric gain a new version needs to replace the champion
     bootstrap: int = 1000  # patient-level bootstrap resamples for the test CIs
+    shortcut_tolerance: float = 0.02  # flag a binary model whose test AUROC moves more under shuffled text masks
 
 
 @dataclass

@@ -103,10 +103,12 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
             if target in results:
                 say(f"promote: {target} already promoted (v{results[target]['version']}), kept")
                 continue
-            p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap)
+            p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap,
+                        preset.promote.shortcut_tolerance)
             results[target] = {"model": p.model_name, "version": p.version, "alias": p.alias, "reason": p.reason}
             record.mark("promote", promote_key, finished=False, results=results)
-            say(f"promote: {p.model_name} v{p.version} test {p.metric} {p.value:.3f} -> {p.alias}")
+            flag = {True: " [SHORTCUT FLAG: see shortcut_audit.json]", False: "", None: ""}[p.shortcut_flag]
+            say(f"promote: {p.model_name} v{p.version} test {p.metric} {p.value:.3f} -> {p.alias}{flag}")
         record.mark("promote", promote_key, finished=True, results=results)
 
     # 6. report

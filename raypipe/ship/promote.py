@@ -43,6 +43,7 @@ from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
 from raypipe.errors import InputError
+from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import carried_threshold, evaluate_test
 from raypipe.models.backbones import build_model_from_spec
 from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
@@ -65,6 +66,7 @@ class Promotion:
     value: float
     ci95: tuple[float, float]
     previous_champion: str | None
+    shortcut_flag: bool | None = None  # binary models: the shortcut audit's flag (evaluate/shortcuts.py)
 
 
 def model_name(experiment: str, target: str) -> str:
@@ -95,7 +97,7 @@ def best_of_study(client: MlflowClient, exp_id: str, target: str) -> dict[str, A
 
 # ----------------------------------------------------------------------------------- promote
 def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin: float = 0.0,
-            source: str = "auto", n_boot: int = 1000) -> Promotion:
+            source: str = "auto", n_boot: int = 1000, shortcut_tolerance: float = 0.02) -> Promotion:
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
     client = MlflowClient(uri)
@@ -147,6 +149,12 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         if job.n_classes == 2:
             report["gallery"] = _gallery(client, run_id, model, cfg, test_rows_frame, test_y, scores, threshold)
         client.log_dict(run_id, report, "test_evaluation.json")
+        audit = None
+        if job.n_classes == 2:  # does the champion read text markers? (evaluate/shortcuts.py)
+            audit = shortcuts.audit_model(model, cfg, data, prepared, target, test_rows_frame, test_y, scores,
+                                          patients, threshold, shortcut_tolerance)
+            client.log_dict(run_id, audit, "shortcut_audit.json")
+            client.set_tag(run_id, "raypipe.shortcut_flag", str(audit["flag"]).lower())
         with tempfile.TemporaryDirectory() as tmp:  # labels and scores only: no identifiers
             np.savez(Path(tmp) / "test_predictions.npz", y=test_y, scores=scores)
             client.log_artifact(run_id, str(Path(tmp) / "test_predictions.npz"))
@@ -158,12 +166,15 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
                 "split_hash": prepared.split_hash, "git_sha": git_sha(), "metric": metric,
                 f"test_{metric}": repr(report["metrics"][metric]),
                 f"test_{metric}_ci95": json.dumps(report["ci95"][metric]), "threshold": repr(threshold)}
+        if audit is not None:
+            tags["raypipe.shortcut_flag"] = str(audit["flag"]).lower()
         for key, value in tags.items():
             client.set_model_version_tag(version.name, version.version, key, value)
         with _lock(run_dir, version.name):
             promotion = decide(client, version.name, version.version, metric, report["metrics"][metric],
                                prepared.split_hash, margin)
         promotion.ci95 = tuple(report["ci95"][metric])
+        promotion.shortcut_flag = None if audit is None else audit["flag"]
         client.set_tag(run_id, "raypipe.alias", promotion.alias)
         client.set_tag(run_id, "raypipe.reason", promotion.reason)
     except BaseException:
