@@ -39,12 +39,16 @@ DEFAULT_RUN_DIR = Path("runs")
 
 
 @data_app.command("synth")
-def data_synth(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160) -> None:
+def data_synth(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
+               shortcut: Annotated[str | None, typer.Option(
+                   help="'marker': no fracture drawn, the label only in the text marker's corner "
+                        "(a set to test masking on)")] = None) -> None:
     """Write a synthetic data set in the GRAZPEDWRI-DX layout (16-bit PNGs, YOLO labels)."""
     from raypipe.data.synth import synthesize
 
     with progress_bar("drawing radiographs") as progress:
-        summary = synthesize(out, patients=patients, seed=seed, height=height, width=width, progress=progress)
+        summary = synthesize(out, patients=patients, seed=seed, height=height, width=width, progress=progress,
+                             shortcut=shortcut)
     console.print(f"wrote {summary['images']} images of {summary['patients']} patients to {out}"
                   f" in {summary['seconds']:.1f} s")
 
@@ -267,6 +271,8 @@ def promote_cmd(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment of the studies (default: the "
                                                    "preset name).")] = None,
     source: Source = "auto",
+    shortcut_tolerance: Annotated[float, typer.Option(
+        help="Flag a model whose test AUROC moves by more than this when mask places are shuffled.")] = 0.02,
 ) -> None:
     """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins."""
     from mlflow.tracking import MlflowClient
@@ -285,7 +291,7 @@ def promote_cmd(
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
     for spec in target:
-        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap, folds)
+        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap, folds, shortcut_tolerance)
         console.print(ship.summary(p), soft_wrap=True)
 
 

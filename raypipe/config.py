@@ -97,6 +97,7 @@ class PromotePlan:
     margin: float = 0.0  # out-of-fold gain (lower bound of the paired CI) a version needs to replace the champion
     bootstrap: int = 1000  # patient-level bootstrap resamples for the CIs
     folds: int = 3  # patient-grouped folds of train+val: out-of-fold scores decide and set the threshold
+    shortcut_tolerance: float = 0.02  # flag a binary model whose test AUROC moves more under shuffled text masks
 
 
 @dataclass

@@ -102,7 +102,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
                 say(f"promote: {target} already promoted (v{results[target]['version']}), kept")
                 continue
             p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap,
-                        preset.promote.folds)
+                        preset.promote.folds, preset.promote.shortcut_tolerance)
             results[target] = {"model": p.model_name, "version": p.version, "alias": p.alias, "reason": p.reason}
             record.mark("promote", promote_key, finished=False, results=results)
             say(f"promote: {summary(p)}")

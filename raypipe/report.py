@@ -85,6 +85,7 @@ def build(client: MlflowClient, experiment: str, out: Path) -> Path:
                                                     folder / "confusion.png", f"{target} test confusion"))
             sections.append(f"<h2>{html.escape(target)}</h2><p class=note>{html.escape(run.data.tags.get('raypipe.reason', ''))}"
                             f"</p>{_decision(evaluation)}{''.join(_img(p) for p in pictures)}{_subgroups(evaluation, main, folder, target)}"
+                            f"{_shortcut_audit(client, run_id, folder)}"
                             f"{_gallery(client, run_id, evaluation, folder)}"
                             f"{_tuning(client, exp.experiment_id, run, folder)}")
     header = ("<tr><th>target</th><th>alias</th><th>images / patients</th><th>AUROC</th><th>AUPRC</th>"
@@ -134,6 +135,30 @@ def _subgroups(evaluation: dict, main: str, folder: Path, target: str) -> str:
         out.append(f"<h3>Test set by {html.escape(title)}</h3><div class=pair>{_img(figure)}<table><tr><th>group</th>"
                    f"<th>images</th><th>{main}</th><th>sensitivity</th><th>specificity</th></tr>{cells}</table></div>")
     return "".join(out)
+
+
+def _shortcut_audit(client: MlflowClient, run_id: str, folder: Path) -> str:
+    """The promote run's ``shortcut_audit.json`` (binary models; evaluate/shortcuts.py) as two tables."""
+    try:
+        audit = json.loads(Path(client.download_artifacts(run_id, "shortcut_audit.json", str(folder))).read_text())
+    except Exception:  # noqa: BLE001 - age models and promotions from before the audit have none
+        return ""
+    flag = ("<b>FLAGGED: the model's AUROC moves when text-box masks are shuffled; it may read markers</b>"
+            if audit["flag"] else "not flagged")
+    head = (f"<table><tr><th>text boxes alone (AUROC)</th><th>AUROC, masked as trained ({html.escape(audit['masking'])})"
+            f"</th><th>AUROC, masks shuffled ({html.escape(audit['shuffle_masking'])})</th><th>shift</th><th>flag "
+            f"(|shift| &gt; {audit['tolerance']:g})</th></tr><tr><td>{_fmt(audit['box_only_auroc'])}</td>"
+            f"<td>{_fmt(audit['auroc_masked'])}</td><td>{_fmt(audit['auroc_shuffled'])}</td>"
+            f"<td>{audit['shift']:+.3f}</td><td>{flag}</td></tr></table>")
+    cells = "".join(
+        f"<tr><td>{html.escape(kind)}: {html.escape(name)}</td><td>{row['n']}</td><td>{_fmt(row.get('auroc'))}<br>"
+        f"<span class=note>{_ci(row.get('ci95'))}</span></td></tr>"
+        for kind, groups in audit.get("subgroups", {}).items() for name, row in groups.items())
+    return (f"<h3>Shortcut audit</h3><p class=note>{audit['n_test_images_with_boxes']} of {audit['n_test_images']} "
+            "test images have text boxes. Boxes alone: a logistic regression on box count, position and size, "
+            "trained on train, tested on test. Shuffled: each test image masked again with another test image's "
+            "boxes added; traceless masking leaves the AUROC where it was.</p>"
+            f"{head}<table><tr><th>subgroup</th><th>images</th><th>AUROC</th></tr>{cells}</table>")
 
 
 def _gallery(client: MlflowClient, run_id: str, evaluation: dict, folder: Path) -> str:

@@ -8,7 +8,9 @@ Why this module is careful:
 * DICOM stores raw detector values: the Modality LUT (rescale) and the VOI LUT / window chosen
   by the modality must be applied, and MONOCHROME1 means "bright = low value" and is inverted.
 * Text markers (YOLO class 8) are a shortcut a classifier will learn (in one group every negative
-  image had one). ``fill`` paints them with the image median so no new bright/black patch appears.
+  image had one). They are masked (``masking.mask_text``) after decoding, and the intensity window
+  of 16-bit images is chosen without the box pixels: a burned-in marker larger than 0.5% of the
+  film would otherwise set the window, and the contrast of the whole image would show it.
 * Every failure a user can fix (missing, empty, truncated, undecodable file) is an
   ``InputError(path, reason)`` so the CLI prints one line instead of a traceback.
 
@@ -26,20 +28,28 @@ import cv2
 import numpy as np
 
 from raypipe.data.manifest import parse_boxes
+from raypipe.data.masking import DILATE, MASKING_MODES, Box, box_mask, mask_text
 from raypipe.errors import InputError
 
-MASKING_MODES = ("off", "fill", "blur")
+__all__ = ["DILATE", "MASKING_MODES", "box_mask", "check_file", "letterbox", "mask_text", "prepare", "read_image",
+           "read_masked", "to_uint8", "window"]
+
 WINDOW_PERCENTILES = (0.5, 99.5)
 # A corrupt file is reported once, as our one-line InputError; OpenCV's own C++ log lines would be noise.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _DICOM_HINT = "DICOM support is not installed: pip install raypipe[dicom]"
 
-Box = tuple[float, float, float, float]
 
+def read_image(path: str | Path, exclude: Sequence[Box] | str = ()) -> np.ndarray:
+    """Read any supported image as a 2-D float32 array in [0, 1] (grayscale, bright = dense).
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any supported image as a 2-D float32 array in [0, 1] (grayscale, bright = dense)."""
+    ``exclude``: boxes (normalised YOLO ``cx cy w h``, dilated as in ``mask_text``) whose pixels do
+    not count when the intensity window is chosen, so a masked marker leaves no trace in the
+    contrast of the rest of the image either.
+    """
     path = Path(path)
+    if isinstance(exclude, str):
+        exclude = parse_boxes(exclude)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -49,8 +59,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if not data:
         raise InputError(path, "image file is empty (0 bytes)")
     if path.suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM":
-        return _read_dicom(path, data)
-    return _read_raster(path, data)
+        return _read_dicom(path, data, exclude)
+    return _read_raster(path, data, exclude)
 
 
 # --------------------------------------------------------------------- cheap checks, no decoding
@@ -126,7 +136,7 @@ def _check_dicom(path: Path) -> str | None:
 
 # ------------------------------------------------------------------------------------ decoding
 
-def _read_raster(path: Path, data: bytes) -> np.ndarray:
+def _read_raster(path: Path, data: bytes, exclude: Sequence[Box] = ()) -> np.ndarray:
     if data.startswith(PNG_MAGIC) and len(data) >= 33 and (problem := _png_depth_problem(data[:33])):
         raise InputError(path, problem)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -142,15 +152,22 @@ def _read_raster(path: Path, data: bytes) -> np.ndarray:
             raise InputError(path, f"unexpected number of channels: {channels}")
     if img.ndim != 2 or img.size == 0:
         raise InputError(path, f"unexpected image shape {img.shape}")
-    return _to_unit(path, img)
+    return _to_unit(path, img, exclude)
 
 
-def window(img: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> np.ndarray:
+def window(img: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES,
+           exclude: np.ndarray | None = None) -> np.ndarray:
     """Map the robust intensity range (percentiles) linearly to [0, 1], clipping the tails.
 
     Percentiles come from a strided subsample: same answer to a grey level, several times faster.
+    ``exclude``: a boolean mask of pixels that do not count (burned-in markers), unless it covers
+    (nearly) everything.
     """
-    lo, hi = np.percentile(_sample(img), percentiles)
+    sample = _sample(img)
+    if exclude is not None and exclude.any():
+        kept = sample[~_sample(exclude)]
+        sample = kept if kept.size >= 16 else sample
+    lo, hi = np.percentile(sample, percentiles)
     out = img.astype(np.float32)
     if hi <= lo:  # flat image: nothing to window
         return np.zeros_like(out)
@@ -159,7 +176,7 @@ def window(img: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILE
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def _read_dicom(path: Path, data: bytes) -> np.ndarray:
+def _read_dicom(path: Path, data: bytes, exclude: Sequence[Box] = ()) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -177,7 +194,7 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
         raise InputError(path, f"cannot decode DICOM pixel data: {_one_line(exc)}") from None
     if int(ds.get("SamplesPerPixel", 1)) == 3:  # colour secondary capture: pydicom gives RGB
         arr = arr[0] if arr.ndim == 4 else arr
-        return _to_unit(path, cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY))
+        return _to_unit(path, cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY), exclude)
     if arr.ndim == 3:  # multi-frame: the first frame
         arr = arr[0]
     if arr.ndim != 2:
@@ -193,18 +210,19 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
     if has_voi and hi > lo:
         out = np.clip((np.asarray(values, np.float32) - lo) / (hi - lo), 0.0, 1.0)
     else:
-        out = window(np.asarray(values))
+        values = np.asarray(values)
+        out = window(values, exclude=box_mask(values.shape, exclude) if exclude else None)
     if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
         out = 1.0 - out
     return out.astype(np.float32, copy=False)
 
 
-def _to_unit(path: Path, arr: np.ndarray) -> np.ndarray:
+def _to_unit(path: Path, arr: np.ndarray, exclude: Sequence[Box] = ()) -> np.ndarray:
     """8-bit: plain /255 (already display-ready). 16-bit: robust window (raw detector range)."""
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) * np.float32(1 / 255)
     if arr.dtype == np.uint16:
-        return window(arr)
+        return window(arr, exclude=box_mask(arr.shape, exclude) if exclude else None)
     raise InputError(path, f"unexpected bit depth: {arr.dtype} (expected 8- or 16-bit)")
 
 
@@ -238,51 +256,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _box_pixels(box: Box, h: int, w: int, dilate: float) -> tuple[int, int, int, int] | None:
-    """YOLO normalised ``cx cy bw bh`` -> clipped pixel rectangle, grown by ``dilate`` per side."""
-    cx, cy, bw, bh = box
-    pad_x, pad_y = max(2.0, dilate * bw * w), max(2.0, dilate * bh * h)
-    x0 = int(np.floor((cx - bw / 2) * w - pad_x))
-    x1 = int(np.ceil((cx + bw / 2) * w + pad_x))
-    y0 = int(np.floor((cy - bh / 2) * h - pad_y))
-    y1 = int(np.ceil((cy + bh / 2) * h + pad_y))
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-
-
-def mask_text(img: np.ndarray, boxes: Sequence[Box] | str, mode: str, dilate: float = 0.1) -> np.ndarray:
-    """Hide text markers (YOLO class-8 boxes) so the model cannot use them as a shortcut.
-
-    ``fill`` paints each (slightly dilated) box with the image median: the marker disappears and
-    no new bright or black patch takes its place. ``blur`` applies a strong Gaussian blur inside
-    the box: glyphs become unreadable but a soft blob of the marker's brightness remains, so
-    ``fill`` is the safer default. ``off`` returns the image unchanged. Returns a new array.
-    """
-    if mode not in MASKING_MODES:
-        raise ValueError(f"unknown masking mode {mode!r} (expected one of {', '.join(MASKING_MODES)})")
-    if isinstance(boxes, str):
-        boxes = parse_boxes(boxes)
-    if mode == "off" or not boxes:
-        return img
-    out = img.copy()
-    h, w = img.shape[:2]
-    rects = [r for r in (_box_pixels(b, h, w, dilate) for b in boxes) if r is not None]
-    if mode == "fill":
-        fill = np.median(_sample(img))
-        for x0, y0, x1, y1 in rects:
-            out[y0:y1, x0:x1] = fill
-        return out
-    for x0, y0, x1, y1 in rects:
-        bw, bh = x1 - x0, y1 - y0
-        sigma = max(bw, bh) / 2
-        # blur a context region around the box so edges blend with the surroundings
-        cx0, cy0 = max(0, x0 - bw), max(0, y0 - bh)
-        cx1, cy1 = min(w, x1 + bw), min(h, y1 + bh)
-        region = cv2.GaussianBlur(img[cy0:cy1, cx0:cx1], (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
-        out[y0:y1, x0:x1] = region[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-    return out
-
-
 def to_uint8(img: np.ndarray) -> np.ndarray:
     """Float [0, 1] -> uint8 (rounded, clipped); uint8 passes through unchanged."""
     if img.dtype == np.uint8:
@@ -311,8 +284,18 @@ def letterbox(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def read_masked(path: str | Path, boxes_text: str | Sequence[Box], masking: str) -> np.ndarray:
+    """Decode with the window chosen outside the boxes, then mask them (float [0, 1], full size).
+
+    ``off`` is the untouched image: markers stay and take part in the window, as before masking existed.
+    """
+    if masking not in MASKING_MODES:
+        raise ValueError(f"unknown masking mode {masking!r} (expected one of {', '.join(MASKING_MODES)})")
+    boxes = parse_boxes(boxes_text) if isinstance(boxes_text, str) else list(boxes_text)
+    img = read_image(path, exclude=boxes if masking != "off" else ())
+    return mask_text(img, boxes, masking)
+
+
 def prepare(path: str | Path, boxes_text: str | Sequence[Box], size: int, masking: str) -> np.ndarray:
     """The whole chain the cache runs once per image: decode -> mask text -> letterbox (uint8)."""
-    img = read_image(path)
-    img = mask_text(img, boxes_text, masking)
-    return letterbox(img, size)
+    return letterbox(read_masked(path, boxes_text, masking), size)

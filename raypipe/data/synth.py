@@ -6,6 +6,11 @@ path must run end to end on data with the real quirks (BOM, blank flags, 16-bit 
 age from bone size, cortical thickness, carpal ossification and physis closure; fracture from a
 cortical break. Drawing is procedural (numpy + cv2), seeded per patient, so a seed gives byte-identical
 output however many processes render it.
+
+``shortcut="marker"`` makes a set whose label only a text marker's place tells: no fracture is drawn,
+``fracture_visible`` is a fair coin per image, and every image has a marker, top-left for "fracture",
+bottom-right for "normal" (casts, metal and follow-ups stay as planned, so independent of the label).
+A model that learns anything on it learned the marker: the test of masking (tests/e2e).
 """
 
 from __future__ import annotations
@@ -44,24 +49,31 @@ CARPALS = np.array([
 AO_RADIUS = {"buckle": "23r-M/2.1", "complete": "23r-M/3.1", "sh2": "23r-E/2.1", "sh1": "23r-E/1.1"}
 AO_ULNA = {"styloid": "23u-E/7", "meta": "23u-M/2.1"}
 Box = tuple[int, float, float, float, float]
+SHORTCUTS = (None, "marker")
 
 
 def synthesize(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
-               progress: Callable[[int, int], None] | None = None, *, workers: int | None = None) -> dict:
+               progress: Callable[[int, int], None] | None = None, *, workers: int | None = None,
+               shortcut: str | None = None) -> dict:
     """Write a GRAZPEDWRI-DX-layout data set of ``patients`` synthetic patients into ``out``.
 
     Everything goes to a temporary sibling renamed onto ``out`` at the end, so a crash leaves no
     half-written data set. ``progress(done, total)`` counts images. ``workers`` (default: 1 for small
     sets, else up to 4 threads) never changes the bytes written, since every patient has its own
     random stream. Returns counts (``fractures`` and ``metal`` count images) and the seconds taken.
+    ``shortcut``: ``"marker"`` for a set whose label only the marker's corner carries (module docstring).
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not empty")
     if patients < 1 or height < 32 or width < 32:
         raise InputError(out, "synthesize needs patients >= 1 and images of at least 32x32 pixels")
+    if shortcut not in SHORTCUTS:
+        raise InputError(out, f"unknown shortcut {shortcut!r} (expected 'marker' or none)")
     start = time.perf_counter()
     plans = _plan(seed, patients, height, width)
+    if shortcut == "marker":
+        _marker_only(plans, seed)
     rows = [img["row"] for p in plans for img in p["images"]]
     total = len(rows)
     if workers is None:
@@ -160,6 +172,22 @@ def _plan(seed: int, patients: int, height: int, width: int) -> list[dict[str, A
         plans.append({"part": 1 + i * 4 // patients, "seed": pixel_seed, "body": body, "flip": side == "R",
                       "height": height, "width": width, "images": images})
     return plans
+
+
+def _marker_only(plans: list[dict[str, Any]], seed: int) -> None:
+    """Relabel a plan so that only the marker's corner carries the label (see the module docstring).
+
+    Its own random stream, so the default plan's draws (and bytes) are untouched. The coin is per
+    image and independent of everything planned, casts and follow-ups included.
+    """
+    rng = np.random.default_rng([seed, 0x5C])
+    for plan in plans:
+        for img in plan["images"]:
+            label = bool(rng.random() < 0.5)
+            img["fracture"] = None  # nothing drawn
+            img["marker_corner"] = 0 if label else 3  # top-left | bottom-right
+            img["row"] = {**img["row"], "fracture_visible": _flag(label), "diagnosis_uncertain": "",
+                          "ao_classification": AO_RADIUS["buckle"] if label else ""}
 
 
 def _fracture(rng: np.random.Generator, age: float, body: dict) -> dict[str, Any]:
@@ -410,9 +438,12 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
     pix = (lo + (hi - lo) * v) * (1 + rng.uniform(-0.1, 0.1) * (np.arange(h, dtype=np.float32)[:, None] / h - 0.5))
     pix += rng.standard_normal((h, w), dtype=np.float32) * rng.uniform(1.5, 4) * np.sqrt(pix + 100)
     pix = np.clip(pix, 0, 65535).astype(np.uint16)
-    if rng.random() < 0.9:  # burned-in side marker: bright box with a dark glyph, in a corner
+    forced = img.get("marker_corner")  # the marker-only shortcut set: always a marker, corner = label
+    if rng.random() < 0.9 or forced is not None:  # burned-in side marker: bright box with a dark glyph, in a corner
         bw, bh = round(w * rng.uniform(0.08, 0.14)), round(h * rng.uniform(0.05, 0.09))
-        corner = rng.integers(4)
+        corner = rng.integers(4)  # drawn in both modes: the draws after it stay the same
+        if forced is not None:
+            corner = forced
         x0 = round(w * rng.uniform(0.02, 0.08)) if corner % 2 == 0 else w - bw - round(w * rng.uniform(0.02, 0.08))
         y0 = round(h * rng.uniform(0.02, 0.06)) if corner < 2 else h - bh - round(h * rng.uniform(0.02, 0.06))
         pix[y0:y0 + bh, x0:x0 + bw] = round(rng.uniform(0.8, 1.0) * 65535)

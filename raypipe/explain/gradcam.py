@@ -18,7 +18,7 @@ import torch
 
 from raypipe import fsio
 from raypipe.data.dataset import normalise
-from raypipe.data.images import letterbox, mask_text, read_image, to_uint8
+from raypipe.data.images import letterbox, read_masked, to_uint8
 from raypipe.models.backbones import gradcam_reshape_transform, gradcam_target_layer
 
 
@@ -46,7 +46,7 @@ def heatmap(model: torch.nn.Module, square: np.ndarray) -> np.ndarray:
 def overlay(model: torch.nn.Module, image_path: str | Path, size: int, masking: str = "off",
             text_boxes: str = "", max_side: int | None = None) -> np.ndarray:
     """BGR uint8 overlay of the Grad-CAM on the original image (masked like the model's input)."""
-    original = mask_text(read_image(image_path), text_boxes, masking if text_boxes else "off")
+    original = read_masked(image_path, text_boxes, masking if text_boxes else "off")
     cam = heatmap(model, letterbox(original, size))
     h, w = original.shape
     scale = size / max(h, w)

@@ -48,6 +48,7 @@ from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
 from raypipe.errors import InputError
+from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
 from raypipe.ship import selection
@@ -73,13 +74,16 @@ class Promotion:
     previous_champion: str | None
     test_value: float = math.nan  # reported, never decided on
     test_ci95: tuple[float, float] = (math.nan, math.nan)
+    shortcut_flag: bool | None = None  # binary models: the shortcut audit's flag (evaluate/shortcuts.py)
 
 
 def summary(p: Promotion) -> str:
     """One line a person reads after a promotion: what decided, what the test says, the outcome."""
     return (f"{p.model_name} v{p.version}: {p.metric} {p.value:.3f} (95% CI {p.ci95[0]:.3f}-{p.ci95[1]:.3f}), "
             f"test {p.metric.removeprefix('oof_')} {p.test_value:.3f} ({p.test_ci95[0]:.3f}-{p.test_ci95[1]:.3f}, "
-            f"reported only) -> {p.alias}: {p.reason}")
+            f"reported only) -> {p.alias}: {p.reason}"
+            + (" [SHORTCUT FLAG: its test AUROC moves when the text masks are shuffled; see shortcut_audit.json]"
+               if p.shortcut_flag else ""))
 
 
 def model_name(experiment: str, target: str) -> str:
@@ -120,7 +124,7 @@ def replay_config(best: dict[str, Any]) -> TrainConfig:
 
 # ----------------------------------------------------------------------------------- promote
 def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin: float = 0.0,
-            source: str = "auto", n_boot: int = 1000, folds: int = 3) -> Promotion:
+            source: str = "auto", n_boot: int = 1000, folds: int = 3, shortcut_tolerance: float = 0.02) -> Promotion:
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
     client = MlflowClient(uri)
@@ -176,6 +180,12 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         if job.n_classes == 2:
             report["gallery"] = _gallery(client, run_id, model, cfg, test_rows_frame, test_y, scores, threshold)
         client.log_dict(run_id, report, "test_evaluation.json")
+        audit = None
+        if job.n_classes == 2:  # does the champion read text markers? (evaluate/shortcuts.py)
+            audit = shortcuts.audit_model(model, cfg, data, prepared, target, test_rows_frame, test_y, scores,
+                                          patients, threshold, shortcut_tolerance)
+            client.log_dict(run_id, audit, "shortcut_audit.json")
+            client.set_tag(run_id, "raypipe.shortcut_flag", str(audit["flag"]).lower())
         with tempfile.TemporaryDirectory() as tmp:  # labels and scores only: no identifiers
             np.savez(Path(tmp) / "test_predictions.npz", y=test_y, scores=scores)
             client.log_artifact(run_id, str(Path(tmp) / "test_predictions.npz"))
@@ -193,12 +203,15 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
                 "raypipe.selection_metric": f"oof_{evidence.metric}",
                 "raypipe.selection_value": repr(evidence.value),
                 "raypipe.selection_ci95": json.dumps(list(evidence.ci95))}
+        if audit is not None:
+            tags["raypipe.shortcut_flag"] = str(audit["flag"]).lower()
         for key, value in tags.items():
             client.set_model_version_tag(version.name, version.version, key, value)
         with _lock(run_dir, version.name):
             promotion = decide(client, version.name, version.version, evidence, prepared.split_hash, margin,
                                n_boot=n_boot)
         promotion.test_value, promotion.test_ci95 = report["metrics"][metric], tuple(report["ci95"][metric])
+        promotion.shortcut_flag = None if audit is None else audit["flag"]
         client.set_tag(run_id, "raypipe.alias", promotion.alias)
         client.set_tag(run_id, "raypipe.reason", promotion.reason)
     except BaseException:

@@ -176,18 +176,88 @@ def _graz_image(tmp_path: Path) -> tuple[Path, str]:
     return png, box
 
 
+def _ring_stats(img: np.ndarray, rect: tuple[int, int, int, int], band: int) -> tuple[float, float]:
+    x0, y0, x1, y1 = rect
+    win = img[max(0, y0 - band) : y1 + band, max(0, x0 - band) : x1 + band].astype(float)
+    inner = np.ones(win.shape, bool)
+    inner[y0 - max(0, y0 - band) : y1 - max(0, y0 - band), x0 - max(0, x0 - band) : x1 - max(0, x0 - band)] = False
+    return float(win[inner].mean()), float(win[inner].std())
+
+
 def test_fill_masking_removes_marker(tmp_path: Path) -> None:
     png, box = _graz_image(tmp_path)
     raw = images.read_image(png)
     assert raw[2:14, 2:14].min() == 1.0  # the marker is the brightest thing in the image
     off = images.prepare(png, box, 96, "off")
-    fill = images.prepare(png, box, 96, "fill")
     left = (96 - 64) // 2  # letterbox of 96x64 at 96 px pads 16 px each side
-    median = np.median(off[:, left : left + 64])
     assert off[3:13, left + 3 : left + 13].min() == 255
-    region = fill[3:13, left + 3 : left + 13].astype(float)
-    assert np.abs(region - median).max() <= 2
-    np.testing.assert_array_equal(fill[40:, left + 20 :], off[40:, left + 20 :])  # rest untouched
+    masked = images.read_masked(png, box, "fill")
+    assert images.box_mask(masked.shape, box)[:15, :15].all()  # the dilated box reaches the corner
+    region, below = masked[:15, :15], masked[20:40, :15]
+    assert abs(region.mean() - below.mean()) < 0.05  # like its neighbours, not a bright square
+    assert region.std() > 0.5 * below.std()  # with their noise: no flat patch
+    np.testing.assert_array_equal(masked[40:], images.read_image(png, exclude=box)[40:])  # rest untouched
+
+
+def test_fill_leaves_no_trace_on_a_dark_background() -> None:
+    """A marker on the black background outside the anatomy: its box must look like that background,
+    level and noise, not like a grey patch (the old whole-image median) that shows where it was."""
+    rng = np.random.default_rng(0)
+    img = np.clip(0.05 + 0.02 * rng.standard_normal((200, 120)), 0, 1).astype(np.float32)
+    img[:, 36:106] += 0.5  # the forearm: the image median is tissue grey
+    img[10:26, 6:24] = 1.0  # the burned-in marker
+    img[14:22, 10:14] = 0.0  # its glyph
+    box = "0.125000 0.090000 0.150000 0.080000"
+    out = images.mask_text(img, box, "fill")
+    x0, y0 = np.argwhere(images.box_mask(img.shape, box)).min(0)[::-1]
+    y1, x1 = np.argwhere(images.box_mask(img.shape, box)).max(0) + 1
+    mean, sd = _ring_stats(out, (x0, y0, x1, y1), 4)
+    region = out[y0:y1, x0:x1]
+    assert abs(region.mean() - mean) < 0.01 and 0.7 * sd < region.std() < 1.3 * sd
+    old = np.median(img)  # what the whole-image median painted: far from the background's level
+    assert abs(old - mean) > 0.2
+    np.testing.assert_array_equal(out[:, 40:], img[:, 40:])  # the rest untouched
+
+
+def test_fill_continues_an_edge_through_the_box() -> None:
+    """A skin line crossing the box continues through it: no step, no blob at the box's place."""
+    rng = np.random.default_rng(1)
+    img = np.clip(0.05 + 0.01 * rng.standard_normal((120, 120)), 0, 1).astype(np.float32)
+    img[:, :60] += 0.4  # tissue left of x = 60
+    img[40:60, 50:70] = 1.0  # a marker on the skin line
+    out = images.mask_text(img, "0.5 0.416667 0.166667 0.166667", "fill")
+    region = out[36:64, 46:74]
+    # per column, the box's level matches the same columns above and below it
+    outside = np.vstack([out[20:34, 46:74], out[66:80, 46:74]]).mean(0)
+    assert np.abs(region.mean(0) - outside).max() < 0.05
+
+
+def test_fill_is_reproducible_and_handles_crowded_boxes() -> None:
+    rng = np.random.default_rng(2)
+    img = rng.random((64, 64)).astype(np.float32)
+    # boxes tiling most of the image: no clean strip beside any of them, the ring fallback fills them
+    boxes = ";".join(f"{cx:.4f} {cy:.4f} 0.2 0.2" for cx in (0.15, 0.45, 0.75) for cy in (0.15, 0.45, 0.75))
+    a = images.mask_text(img, boxes, "fill")
+    b = images.mask_text(img.copy(), boxes, "fill")
+    np.testing.assert_array_equal(a, b)  # same input, same bytes: the image cache stays reproducible
+    assert np.isfinite(a).all() and 0 <= a.min() and a.max() <= 1
+    whole = images.mask_text(img, "0.5 0.5 1.0 1.0", "fill")  # a box over everything: nothing to copy
+    assert np.isfinite(whole).all()
+
+
+def test_window_ignores_the_box_pixels(tmp_path: Path) -> None:
+    """A burned-in marker larger than 0.5% of the film sets the 99.5th percentile; masked, it must not."""
+    rng = np.random.default_rng(3)
+    img = (rng.random((100, 100)) * 20000 + 10000).astype(np.uint16)
+    img[2:14, 2:14] = 65535  # 1.4% of the image
+    png = _write_png(tmp_path / "w.png", img)
+    box = "0.08 0.08 0.12 0.12"
+    with_marker = images.read_image(png)
+    without = images.read_image(png, exclude=box)
+    body = (slice(30, 100), slice(30, 100))
+    assert with_marker[body].max() < 0.5  # the marker took the top of the window
+    assert without[body].max() == 1.0 and without[body].min() == 0.0
+    np.testing.assert_array_equal(images.read_masked(png, box, "off"), with_marker)  # off: as before
 
 
 def test_blur_masking_softens_marker(tmp_path: Path) -> None:
