@@ -27,6 +27,16 @@ def synth_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def marker_data(tmp_path_factory) -> Path:
+    """A set whose fracture label a tiny model learns in a few epochs at 32-48 px: the text marker's corner
+    carries it (no fracture is drawn). Trained with ``masking=off`` it gives the e2e tests models above
+    chance, hence champions (and shortcut audits that flag them, as they should)."""
+    out = tmp_path_factory.mktemp("synth-marker") / "wrist"
+    synthesize(out, patients=120, seed=7, height=128, width=80, shortcut="marker")
+    return out
+
+
 def raypipe(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m raypipe ...`` in a fresh process, as a person would."""
     # A tracking URI from the caller's shell must not redirect the test's runs away from its run dir.

@@ -1,6 +1,11 @@
-"""`raypipe pipeline run` end to end on tiny data: the age model and every projection x age-group fracture
-model tuned and promoted to champion, a self-contained report, a second run that skips every stage, and
-routed predictions on held-out images from a fresh process."""
+"""`raypipe pipeline run` end to end on tiny data: the age model and one fracture model per projection (the
+demo's targets) tuned and promoted (champion only above chance, out of fold), a self-contained report, a
+second run that skips every stage, and routed predictions on held-out images from a fresh process.
+
+The data is the marker set, unmasked: the fracture label sits in the text marker's corner, which tiny
+models learn in a few epochs, so the fracture models clear the chance floor; the age model (a real but
+slow signal) may not, and must then stay challenger. (Per age-group targets of 120 patients hold 20-30
+training images: too few for any model to clear chance in a CI budget.)"""
 
 from __future__ import annotations
 
@@ -19,13 +24,16 @@ from tests.e2e.conftest import raypipe
 
 
 @pytest.fixture(scope="module")
-def pipeline(synth_data, tmp_path_factory):
+def pipeline(marker_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump({
-        "data": str(synth_data), "train": {"image_size": 32, "epochs": 2, "test_per_class": 3},
-        "tune": {"targets": ["all"], "trials": 1, "per_target": {"age": {"train": {"image_size": 40}}}},
-        "promote": {"bootstrap": 100}}))
+        "data": str(marker_data),
+        "train": {"image_size": 32, "epochs": 4, "lr": 0.004, "batch_size": 16, "test_per_class": 3,
+                  "masking": "off"},
+        "tune": {"targets": ["age", "fracture/AP", "fracture/Lat"], "trials": 1,
+                 "per_target": {"age": {"train": {"image_size": 40}}}},
+        "promote": {"bootstrap": 100, "folds": 2}}))
     run_dir = tmp / "runs"
     first = raypipe("pipeline", "run", "--config", str(config), "--run-dir", str(run_dir), timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -36,18 +44,21 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
     _, run_dir, first = pipeline
     record = json.loads((run_dir / "pipeline" / "tiny.json").read_text())
     tuned = record["tune"]["targets"]
-    assert "age" in tuned and {t.split("/")[1] for t in tuned if t.startswith("fracture/")} == {"AP", "Lat"}
-    per_group = [t for t in tuned if re.fullmatch(r"fracture/(AP|Lat)/\d", t)]
-    assert len(per_group) >= 4
-    for group in range(4):  # a group too small to tune on this tiny set is skipped, and says so
-        for projection in ("AP", "Lat"):
-            name = f"fracture/{projection}/{group}"
-            assert name in tuned or f"skipping {name}:" in first.stderr, first.stderr[-3000:]
+    assert sorted(tuned) == ["age", "fracture/AP", "fracture/Lat"]
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    champions = []
     for target in tuned:
-        champion = client.get_model_version_by_alias(f"tiny.{target.replace('/', '-')}", "champion")
-        assert champion.tags["split_hash"] and champion.tags["metric"] in ("auroc", "macro_f1")
-        assert f"promote: tiny.{target.replace('/', '-')} v1" in first.stdout
+        name = f"tiny.{target.replace('/', '-')}"
+        assert f"promote: {name} v1" in first.stdout
+        version = client.get_model_version(name, "1")
+        assert version.tags["raypipe.decided_on"] == "out-of-fold" and version.tags["split_hash"]
+        low = json.loads(version.tags["raypipe.selection_ci95"])[0]
+        if "champion" in version.aliases:  # a champion is never at chance; a version at chance never champion
+            champions.append(target)
+            assert low > (0.5 if target.startswith("fracture") else 0.0)
+        else:
+            assert "includes chance" in version.tags["promotion"] or low <= 0.5, version.tags["promotion"]
+    assert {"fracture/AP", "fracture/Lat"} <= set(champions), first.stdout[-3000:]
 
     studies = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                  "tags.`raypipe.kind` = 'study'")
@@ -56,6 +67,7 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
 
     page = (run_dir / "reports" / "tiny.html").read_text()
     assert "Test set by age (1-year bins)" in page and "Test set by sex" in page and "Tuning" in page
+    assert "Decided on out-of-fold scores" in page and "did not decide" in page
     assert "Grad-CAM gallery" in page and "false positive" in page and "true negative" in page
     assert page.count("data:image/png;base64,") >= 4 * (len(tuned) - 1)
     ages = [int(a) for a in re.findall(r"<tr><td>(\d+)</td>", page.split("<h2>fracture/")[1])]
@@ -73,15 +85,15 @@ def test_second_run_skips_every_stage(pipeline):
     assert len(client.search_model_versions("name = 'tiny.age'")) == 1
 
 
-def test_predict_routes_held_out_images_to_their_group_champion(pipeline, synth_data, tmp_path):
+def test_predict_routes_held_out_images_to_the_most_specific_champion(pipeline, tmp_path):
     _, run_dir, _ = pipeline
-    tuned = json.loads((run_dir / "pipeline" / "tiny.json").read_text())["tune"]["targets"]
     data_dir = next((run_dir / "data").iterdir())
     manifest = pd.read_csv(data_dir / "manifest.csv")
     held_out = manifest[pd.read_csv(next(data_dir.glob("splits-*.csv")))["split"].to_numpy() == "test"]
     held_out = held_out.assign(group=get_scheme(TrainConfig().age_scheme).group_of(held_out["age"].to_numpy()))
     pairs = zip(held_out["projection"], held_out["group"], strict=True)
-    routable = held_out[[f"fracture/{p}/{g}" in tuned for p, g in pairs]]
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    routable = held_out[[g >= 0 for _, g in pairs]]
     picked = [routable[routable["projection"] == p].iloc[0] for p in ("AP", "Lat")]
     batch = tmp_path / "batch.csv"
     pd.DataFrame({"image": [r["path"] for r in picked], "age": [r["age"] for r in picked]}).to_csv(batch, index=False)
@@ -93,15 +105,15 @@ def test_predict_routes_held_out_images_to_their_group_champion(pipeline, synth_
     assert [r["projection"] for r in rows] == ["AP", "Lat"]  # from the GRAZPEDWRI-DX file names
     for row, image in zip(rows, picked, strict=True):
         assert row["age_source"] == "given" and row["age_group"] == image["group"]
-        assert row["model"] == f"tiny.fracture-{row['projection']}-{row['age_group']}" and row["version"] == "1"
+        # no per-group champion: the most specific one that exists, the projection's
+        assert row["model"] == f"tiny.fracture-{row['projection']}" and row["version"] == "1"
         assert Path(row["gradcam"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Without --age the age champion picks the group; a group with no champion is one clear line, exit 2.
+    # Without --age the age champion, if there is one, picks the group; the projection's model answers.
     alone = raypipe("predict", picked[0]["path"], "--run-dir", str(run_dir), "--experiment", "tiny",
                     "--out", str(tmp_path / "alone"))
-    if alone.returncode == 0:
-        row = json.loads((tmp_path / "alone" / "predictions.jsonl").read_text())
-        assert row["age_source"] == "age champion v1" and f"fracture/AP/{row['age_group']}" in tuned
-    else:
-        assert alone.returncode == 2 and "no fracture champion for fracture/AP/" in alone.stderr
-        assert alone.stderr.strip().count("\n") == 0, alone.stderr
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    row = json.loads((tmp_path / "alone" / "predictions.jsonl").read_text())
+    assert row["model"] == "tiny.fracture-AP"
+    age_is_champion = "champion" in client.get_model_version("tiny.age", "1").aliases
+    assert row["age_source"] == ("age champion v1" if age_is_champion else "unknown (no --age, no age champion)")

@@ -45,9 +45,13 @@ def layout(run_dir):
 
 
 @pytest.fixture(scope="module")
-def study(synth_data, tmp_path_factory):
+def study(marker_data, tmp_path_factory):
+    # marker data, unmasked: the fracture model learns within 4 epochs, so promotion has a champion to make
     run_dir = tmp_path_factory.mktemp("tune")
-    proc = tune(synth_data, run_dir, "--target", "fracture", "--target", "age", "--trials", str(TRIALS))
+    base = run_dir / "base.yaml"  # the base config (trial 0); a searched key cannot be fixed with --set
+    base.write_text("masking: off\nlr: 0.004\n")
+    proc = tune(marker_data, run_dir, "--target", "fracture", "--target", "age", "--trials", str(TRIALS),
+                "--config", str(base))
     return run_dir, proc
 
 
@@ -138,8 +142,8 @@ def test_trial_0_is_the_base_config_and_the_study_never_ends_below_it(study):
         monitor = parent.data.tags["raypipe.monitor"]
         base = [k for k in children[target] if k.data.tags["raypipe.base_config"] == "true"]
         assert [k.data.tags["raypipe.trial_number"] for k in base] == ["1"]
-        params = base[0].data.params  # TrainConfig's defaults, as the config gives them
-        assert (float(params["lr"]), params["loss"], params["sampler"]) == (1e-3, "focal", "none")
+        params = base[0].data.params  # TrainConfig's defaults and --set, as the config gives them
+        assert (float(params["lr"]), params["loss"], params["sampler"]) == (0.004, "focal", "none")
         assert parent.data.metrics[f"base_{monitor}"] == pytest.approx(base[0].data.metrics[f"best_{monitor}"])
         assert parent.data.metrics[f"best_{monitor}"] >= parent.data.metrics[f"base_{monitor}"]
         assert {"grace_period", "reduction_factor", "startup_trials", "max_t"} <= set(parent.data.params)
@@ -194,29 +198,36 @@ def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def promoted(study, synth_data):
+def promoted(study, marker_data):
     run_dir, _ = study
-    proc = raypipe("promote", "--data", str(synth_data), "--run-dir", str(run_dir), "--experiment", "e2e",
+    proc = raypipe("promote", "--data", str(marker_data), "--run-dir", str(run_dir), "--experiment", "e2e",
                    "--target", "fracture", "--bootstrap", "100")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, proc
 
 
-def test_promote_registers_a_champion_loadable_from_a_fresh_process(promoted, synth_data):
+def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fresh_process(promoted, marker_data):
     run_dir, proc = promoted
-    assert "e2e.fracture v1" in proc.stdout and "-> champion: first version" in proc.stdout
+    assert "e2e.fracture v1: oof_auroc" in proc.stdout and "reported only) -> champion: first version" in proc.stdout
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     version = client.get_model_version_by_alias("e2e.fracture", "champion")
     low, high = json.loads(version.tags["test_auroc_ci95"])
     assert low <= float(version.tags["test_auroc"]) <= high
+    assert version.tags["raypipe.decided_on"] == "out-of-fold" and version.tags["raypipe.selection_metric"] == "oof_auroc"
+    assert json.loads(version.tags["raypipe.selection_ci95"])[0] > 0.5  # a champion is never at chance
+    assert "out-of-fold" in version.tags["threshold_source"]
     assert version.tags["split_hash"] == layout(run_dir)[1]["fracture"].data.tags["raypipe.split_hash"]
+    evaluation = json.loads(Path(client.download_artifacts(version.run_id, "test_evaluation.json")).read_text())
+    assert evaluation["selection"]["decided_on"] == "out-of-fold" and 0 < evaluation["prevalence"] < 1
+    # the marker carries this label and masking was off: the audit says the model reads it
+    assert version.tags["raypipe.shortcut_flag"] == "true"
 
-    # A second promotion of the same study retrains the same model: it cannot beat the champion.
-    again = raypipe("promote", "--data", str(synth_data), "--run-dir", str(run_dir), "--experiment", "e2e",
+    # A second promotion of the same study retrains the same recipe: it cannot beat the champion by a margin.
+    again = raypipe("promote", "--data", str(marker_data), "--run-dir", str(run_dir), "--experiment", "e2e",
                     "--target", "fracture", "--bootstrap", "100", "--margin", "0.01")
     assert again.returncode == 0 and "-> challenger" in again.stdout, again.stdout + again.stderr
 
-    images = sorted(str(p) for p in synth_data.glob("images_part*/*.png"))[:3]
+    images = sorted(str(p) for p in marker_data.glob("images_part*/*.png"))[:3]
     script = ("import json, sys, mlflow, pandas as pd\n"
               "model = mlflow.pyfunc.load_model('models:/e2e.fracture@champion')\n"
               "out = model.predict(pd.DataFrame({'image': sys.argv[1:]}))\n"
@@ -230,9 +241,9 @@ def test_promote_registers_a_champion_loadable_from_a_fresh_process(promoted, sy
     assert {r["threshold"] for r in rows} == {float(version.tags["threshold"])}
 
 
-def test_predict_routes_explains_and_refuses_bad_input(promoted, synth_data, tmp_path):
+def test_predict_routes_explains_and_refuses_bad_input(promoted, marker_data, tmp_path):
     run_dir, _ = promoted
-    ap, lat = sorted(synth_data.glob("images_part*/*_WRI-?1_*.png"))[0], sorted(synth_data.glob("images_part*/*_WRI-?2_*.png"))[0]
+    ap, lat = sorted(marker_data.glob("images_part*/*_WRI-?1_*.png"))[0], sorted(marker_data.glob("images_part*/*_WRI-?2_*.png"))[0]
     proc = raypipe("predict", str(ap), str(lat), "--age", "9", "--run-dir", str(run_dir), "--experiment", "e2e",
                    "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
