@@ -11,7 +11,7 @@ RAY_DASHBOARD_PORT ?= 8265
 RAY_HEAD_DIR = $(abspath $(RUN_DIR))/ray-head
 RAY_TOKEN = $(RAY_HEAD_DIR)/auth_token
 
-.PHONY: install test test-unit test-e2e tune demo ray-up ray-down cluster-up cluster-down lint bench mlflow-ui clean
+.PHONY: install test test-unit test-e2e tune demo ray-up ray-down cluster-up cluster-down lint bench mlflow-ui clean purge-runs
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (see README)"; exit 1; }
@@ -105,5 +105,12 @@ bench: install
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db --host 127.0.0.1 --port 5000
 
+# Rebuildable things only: the image cache, Ray's scratch and the test cache. The MLflow store, the model
+# registry, the studies and the data stay (they are results, not build outputs).
 clean:
-	rm -rf $(RUN_DIR) .pytest_cache
+	rm -rf $(RUN_DIR)/cache $(RUN_DIR)/ray .pytest_cache
+
+# Everything under RUN_DIR: MLflow runs, registered models, studies, data. Says what it deletes first.
+purge-runs:
+	@echo "deleting $(RUN_DIR): MLflow store (mlflow.db, mlartifacts), model registry, studies, data, reports"
+	rm -rf $(RUN_DIR)

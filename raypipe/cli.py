@@ -41,8 +41,8 @@ DEFAULT_RUN_DIR = Path("runs")
 @data_app.command("synth")
 def data_synth(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
                shortcut: Annotated[str | None, typer.Option(
-                   help="'marker': no fracture drawn, the label only in the text marker's corner "
-                        "(a set to test masking on)")] = None) -> None:
+                   help="'marker': no fracture drawn, the label only in the text marker's corner; "
+                        "'presence': a marker on fractures only (sets to test masking on)")] = None) -> None:
     """Write a synthetic data set in the GRAZPEDWRI-DX layout (16-bit PNGs, YOLO labels)."""
     from raypipe.data.synth import synthesize
 

@@ -11,6 +11,10 @@ output however many processes render it.
 ``fracture_visible`` is a fair coin per image, and every image has a marker, top-left for "fracture",
 bottom-right for "normal" (casts, metal and follow-ups stay as planned, so independent of the label).
 A model that learns anything on it learned the marker: the test of masking (tests/e2e).
+``shortcut="presence"`` is the same with the marker on "fracture" images only (any corner), as in the
+GRAZPEDWRI-DX group where every negative image had a text box the other way round: a model with global
+pooling learns *that* a marker is there within a few epochs, where learning *where* it is takes many. The
+e2e tests train on it, unmasked, when they need a model above chance in a CI budget.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ CARPALS = np.array([
 AO_RADIUS = {"buckle": "23r-M/2.1", "complete": "23r-M/3.1", "sh2": "23r-E/2.1", "sh1": "23r-E/1.1"}
 AO_ULNA = {"styloid": "23u-E/7", "meta": "23u-M/2.1"}
 Box = tuple[int, float, float, float, float]
-SHORTCUTS = (None, "marker")
+SHORTCUTS = (None, "marker", "presence")
 
 
 def synthesize(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
@@ -69,11 +73,11 @@ def synthesize(out: Path, patients: int = 300, seed: int = 0, height: int = 256,
     if patients < 1 or height < 32 or width < 32:
         raise InputError(out, "synthesize needs patients >= 1 and images of at least 32x32 pixels")
     if shortcut not in SHORTCUTS:
-        raise InputError(out, f"unknown shortcut {shortcut!r} (expected 'marker' or none)")
+        raise InputError(out, f"unknown shortcut {shortcut!r} (expected 'marker', 'presence' or none)")
     start = time.perf_counter()
     plans = _plan(seed, patients, height, width)
-    if shortcut == "marker":
-        _marker_only(plans, seed)
+    if shortcut is not None:
+        _marker_only(plans, seed, shortcut)
     rows = [img["row"] for p in plans for img in p["images"]]
     total = len(rows)
     if workers is None:
@@ -174,7 +178,7 @@ def _plan(seed: int, patients: int, height: int, width: int) -> list[dict[str, A
     return plans
 
 
-def _marker_only(plans: list[dict[str, Any]], seed: int) -> None:
+def _marker_only(plans: list[dict[str, Any]], seed: int, mode: str = "marker") -> None:
     """Relabel a plan so that only the marker's corner carries the label (see the module docstring).
 
     Its own random stream, so the default plan's draws (and bytes) are untouched. The coin is per
@@ -185,7 +189,10 @@ def _marker_only(plans: list[dict[str, Any]], seed: int) -> None:
         for img in plan["images"]:
             label = bool(rng.random() < 0.5)
             img["fracture"] = None  # nothing drawn
-            img["marker_corner"] = 0 if label else 3  # top-left | bottom-right
+            if mode == "marker":
+                img["marker_corner"] = 0 if label else 3  # top-left | bottom-right
+            else:  # presence: a marker in any corner on fractures, none on normals
+                img["marker_corner"] = int(rng.integers(4)) if label else -1
             img["row"] = {**img["row"], "fracture_visible": _flag(label), "diagnosis_uncertain": "",
                           "ao_classification": AO_RADIUS["buckle"] if label else ""}
 
@@ -438,8 +445,11 @@ def _render(rng: np.random.Generator, plan: dict[str, Any], img: dict[str, Any])
     pix = (lo + (hi - lo) * v) * (1 + rng.uniform(-0.1, 0.1) * (np.arange(h, dtype=np.float32)[:, None] / h - 0.5))
     pix += rng.standard_normal((h, w), dtype=np.float32) * rng.uniform(1.5, 4) * np.sqrt(pix + 100)
     pix = np.clip(pix, 0, 65535).astype(np.uint16)
-    forced = img.get("marker_corner")  # the marker-only shortcut set: always a marker, corner = label
-    if rng.random() < 0.9 or forced is not None:  # burned-in side marker: bright box with a dark glyph, in a corner
+    forced = img.get("marker_corner")  # a shortcut set: the label decides the marker (-1: none)
+    drawn = rng.random() < 0.9  # drawn first in every mode: the draws after it stay the same
+    if forced is not None:
+        drawn = forced >= 0
+    if drawn:  # burned-in side marker: bright box with a dark glyph, in a corner
         bw, bh = round(w * rng.uniform(0.08, 0.14)), round(h * rng.uniform(0.05, 0.09))
         corner = rng.integers(4)  # drawn in both modes: the draws after it stay the same
         if forced is not None:

@@ -2,7 +2,7 @@
 demo's targets) tuned and promoted (champion only above chance, out of fold), a self-contained report, a
 second run that skips every stage, and routed predictions on held-out images from a fresh process.
 
-The data is the marker set, unmasked: the fracture label sits in the text marker's corner, which tiny
+The data is the shortcut set, unmasked: a text marker is burned in on fracture images only, which tiny
 models learn in a few epochs, so the fracture models clear the chance floor; the age model (a real but
 slow signal) may not, and must then stay challenger. (Per age-group targets of 120 patients hold 20-30
 training images: too few for any model to clear chance in a CI budget.)"""
@@ -24,15 +24,15 @@ from tests.e2e.conftest import raypipe
 
 
 @pytest.fixture(scope="module")
-def pipeline(marker_data, tmp_path_factory):
+def pipeline(shortcut_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump({
-        "data": str(marker_data),
-        "train": {"image_size": 32, "epochs": 4, "lr": 0.004, "batch_size": 16, "test_per_class": 3,
+        "data": str(shortcut_data),
+        "train": {"image_size": 40, "epochs": 4, "lr": 0.004, "batch_size": 16, "test_per_class": 3,
                   "masking": "off"},
         "tune": {"targets": ["age", "fracture/AP", "fracture/Lat"], "trials": 1,
-                 "per_target": {"age": {"train": {"image_size": 40}}}},
+                 "per_target": {"age": {"train": {"image_size": 32}}}},
         "promote": {"bootstrap": 100, "folds": 2}}))
     run_dir = tmp / "runs"
     first = raypipe("pipeline", "run", "--config", str(config), "--run-dir", str(run_dir), timeout=900)
@@ -63,7 +63,7 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
     studies = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                  "tags.`raypipe.kind` = 'study'")
     sizes = {r.data.tags["raypipe.target"]: r.data.params["image_size"] for r in studies}
-    assert sizes.pop("age") == "40" and set(sizes.values()) == {"32"}  # tune.per_target
+    assert sizes.pop("age") == "32" and set(sizes.values()) == {"40"}  # tune.per_target
 
     page = (run_dir / "reports" / "tiny.html").read_text()
     assert "Test set by age (1-year bins)" in page and "Test set by sex" in page and "Tuning" in page

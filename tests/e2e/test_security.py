@@ -41,11 +41,11 @@ MARKERS = {"PatientName": "ZZMARKERNAME^QQ", "PatientID": "ZZMARKERPID4711", "In
 
 
 @pytest.fixture(scope="module")
-def shipped(marker_data, tmp_path_factory) -> Path:
+def shipped(shortcut_data, tmp_path_factory) -> Path:
     """A tiny study, tuned and promoted: runs, artifacts and a registered champion to inspect (the marker
     set unmasked, so that the model clears the chance floor and becomes champion)."""
     run_dir = tmp_path_factory.mktemp("secure")
-    common = ["--data", str(marker_data), "--run-dir", str(run_dir), "--experiment", EXPERIMENT]
+    common = ["--data", str(shortcut_data), "--run-dir", str(run_dir), "--experiment", EXPERIMENT]
     proc = raypipe("tune", *common, "--target", "fracture", "--trials", "2", *TINY, "--max-concurrent", "2",
                    "--set", "masking=off", "--epochs", "3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -116,10 +116,10 @@ def test_the_identifier_scan_finds_a_planted_identifier(synth_data) -> None:
     assert leaks(["lr 0.0007", f"lr 0.{pid}5", "run 4f2a0007b"], ids) == []
 
 
-def test_no_patient_identifier_reaches_mlflow(shipped, marker_data) -> None:
+def test_no_patient_identifier_reaches_mlflow(shipped, shortcut_data) -> None:
     texts = mlflow_texts(shipped)
     assert sum(len(t) for t in texts) > 5000
-    assert leaks(texts, identifiers(marker_data)) == []
+    assert leaks(texts, identifiers(shortcut_data)) == []
 
 
 # ----------------------------------------------------------------------------------- DICOM

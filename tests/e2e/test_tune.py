@@ -45,12 +45,12 @@ def layout(run_dir):
 
 
 @pytest.fixture(scope="module")
-def study(marker_data, tmp_path_factory):
+def study(shortcut_data, tmp_path_factory):
     # marker data, unmasked: the fracture model learns within 4 epochs, so promotion has a champion to make
     run_dir = tmp_path_factory.mktemp("tune")
     base = run_dir / "base.yaml"  # the base config (trial 0); a searched key cannot be fixed with --set
     base.write_text("masking: off\nlr: 0.004\n")
-    proc = tune(marker_data, run_dir, "--target", "fracture", "--target", "age", "--trials", str(TRIALS),
+    proc = tune(shortcut_data, run_dir, "--target", "fracture", "--target", "age", "--trials", str(TRIALS),
                 "--config", str(base))
     return run_dir, proc
 
@@ -198,15 +198,15 @@ def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def promoted(study, marker_data):
+def promoted(study, shortcut_data):
     run_dir, _ = study
-    proc = raypipe("promote", "--data", str(marker_data), "--run-dir", str(run_dir), "--experiment", "e2e",
+    proc = raypipe("promote", "--data", str(shortcut_data), "--run-dir", str(run_dir), "--experiment", "e2e",
                    "--target", "fracture", "--bootstrap", "100")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, proc
 
 
-def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fresh_process(promoted, marker_data):
+def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fresh_process(promoted, shortcut_data):
     run_dir, proc = promoted
     assert "e2e.fracture v1: oof_auroc" in proc.stdout and "reported only) -> champion: first version" in proc.stdout
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
@@ -223,11 +223,11 @@ def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fr
     assert version.tags["raypipe.shortcut_flag"] == "true"
 
     # A second promotion of the same study retrains the same recipe: it cannot beat the champion by a margin.
-    again = raypipe("promote", "--data", str(marker_data), "--run-dir", str(run_dir), "--experiment", "e2e",
+    again = raypipe("promote", "--data", str(shortcut_data), "--run-dir", str(run_dir), "--experiment", "e2e",
                     "--target", "fracture", "--bootstrap", "100", "--margin", "0.01")
     assert again.returncode == 0 and "-> challenger" in again.stdout, again.stdout + again.stderr
 
-    images = sorted(str(p) for p in marker_data.glob("images_part*/*.png"))[:3]
+    images = sorted(str(p) for p in shortcut_data.glob("images_part*/*.png"))[:3]
     script = ("import json, sys, mlflow, pandas as pd\n"
               "model = mlflow.pyfunc.load_model('models:/e2e.fracture@champion')\n"
               "out = model.predict(pd.DataFrame({'image': sys.argv[1:]}))\n"
@@ -241,9 +241,9 @@ def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fr
     assert {r["threshold"] for r in rows} == {float(version.tags["threshold"])}
 
 
-def test_predict_routes_explains_and_refuses_bad_input(promoted, marker_data, tmp_path):
+def test_predict_routes_explains_and_refuses_bad_input(promoted, shortcut_data, tmp_path):
     run_dir, _ = promoted
-    ap, lat = sorted(marker_data.glob("images_part*/*_WRI-?1_*.png"))[0], sorted(marker_data.glob("images_part*/*_WRI-?2_*.png"))[0]
+    ap, lat = sorted(shortcut_data.glob("images_part*/*_WRI-?1_*.png"))[0], sorted(shortcut_data.glob("images_part*/*_WRI-?2_*.png"))[0]
     proc = raypipe("predict", str(ap), str(lat), "--age", "9", "--run-dir", str(run_dir), "--experiment", "e2e",
                    "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from tests.e2e.conftest import raypipe
 
-# The marker set unmasked: a model above chance in 3 epochs, so the first promotion makes a champion.
-TINY = ["--set", "image_size=32", "--set", "test_per_class=3", "--set", "masking=off", "--epochs", "3"]
+# The shortcut set (a marker on fractures only) unmasked: a model above chance in 3 epochs, so the first promotion makes a champion.
+TINY = ["--set", "image_size=40", "--set", "test_per_class=3", "--set", "masking=off", "--epochs", "3"]
 MODEL = "faults.fracture-AP"
 
 
@@ -23,11 +23,11 @@ def promote(data, run_dir, *extra: str, fault: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def tuned(marker_data, tmp_path_factory):
+def tuned(shortcut_data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("promote-kill")
     base = run_dir / "base.yaml"  # the base config, trial 0 of the study (lr is searched: not a --set)
-    base.write_text("lr: 0.004\n")
-    proc = raypipe("tune", "--data", str(marker_data), "--run-dir", str(run_dir), "--experiment", "faults",
+    base.write_text("lr: 0.004\nbatch_size: 16\n")
+    proc = raypipe("tune", "--data", str(shortcut_data), "--run-dir", str(run_dir), "--experiment", "faults",
                    "--target", "fracture/AP", "--trials", "1", "--config", str(base), *TINY)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir
@@ -39,10 +39,10 @@ def champion(client):
     return str(version.version)
 
 
-def test_killed_promotions_leave_the_champion_and_the_next_one_cleans_up(tuned, marker_data):
+def test_killed_promotions_leave_the_champion_and_the_next_one_cleans_up(tuned, shortcut_data):
     run_dir = tuned
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-    first = promote(marker_data, run_dir)
+    first = promote(shortcut_data, run_dir)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert champion(client) == "1"
 
@@ -53,7 +53,7 @@ def test_killed_promotions_leave_the_champion_and_the_next_one_cleans_up(tuned, 
     # After registering (a version without an alias) and between tagging and moving the alias. A kill
     # before registering (`promote:trained`) touches the registry not at all and costs CI another retrain.
     for point in ("promote:registered", "promote:deciding"):
-        killed = promote(marker_data, run_dir, fault=point)
+        killed = promote(shortcut_data, run_dir, fault=point)
         assert killed.returncode == -9, (point, killed.stdout[-2000:], killed.stderr[-2000:])
         assert champion(client) == "1", point  # still the old one, and it exists
 
@@ -61,7 +61,7 @@ def test_killed_promotions_leave_the_champion_and_the_next_one_cleans_up(tuned, 
     status = sorted(r.info.status for r in client.search_runs([exp_id], "tags.`raypipe.kind` = 'promote'"))
     assert status == ["FAILED", "FINISHED", "RUNNING"]  # each promotion closes the dead before it
 
-    last = promote(marker_data, run_dir)
+    last = promote(shortcut_data, run_dir)
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
     versions = {str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")}
     assert versions == {"1", "2", "3", "4"}  # killed after registering: versions 2 and 3, never champions

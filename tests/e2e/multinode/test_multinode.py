@@ -37,11 +37,11 @@ def optuna_states(tmp_path: Path, experiment: str, parent) -> list:
     return [t.state for t in study.get_trials()]
 
 
-def test_trials_land_on_both_nodes_with_shared_storage_and_a_tracking_server(two_nodes, mlflow_server, marker_data,
+def test_trials_land_on_both_nodes_with_shared_storage_and_a_tracking_server(two_nodes, mlflow_server, shortcut_data,
                                                                              tmp_path):
-    # the marker set unmasked: a model above chance in 3 epochs, so promotion makes a champion to predict with
+    # the shortcut set (a marker on fractures only) unmasked: above chance in 3 epochs, so promotion makes a champion to predict with
     trials = 4
-    proc = raypipe(*tune_args(marker_data, tmp_path, "mn", trials, 3), "--set", "masking=off",
+    proc = raypipe(*tune_args(shortcut_data, tmp_path, "mn", trials, 3), "--set", "masking=off",
                    env=two_nodes.env | {"MLFLOW_TRACKING_URI": mlflow_server}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"open the MLflow UI: {mlflow_server}" in proc.stdout
@@ -67,14 +67,14 @@ def test_trials_land_on_both_nodes_with_shared_storage_and_a_tracking_server(two
     # The commands after tuning use the same server: register a champion, report on it, predict with it.
     server = {"MLFLOW_TRACKING_URI": mlflow_server}
     common = ["--run-dir", str(run_dir), "--experiment", "mn"]
-    promoted = raypipe("promote", "--data", str(marker_data), *common, "--target", "fracture", "--bootstrap", "50",
+    promoted = raypipe("promote", "--data", str(shortcut_data), *common, "--target", "fracture", "--bootstrap", "50",
                        "--folds", "2", env=server)
     assert promoted.returncode == 0 and "mn.fracture v1" in promoted.stdout, promoted.stdout[-2000:] + promoted.stderr[-2000:]
     assert "-> champion" in promoted.stdout, promoted.stdout[-2000:]
     report = raypipe("report", "--experiment", "mn", "--out", str(tmp_path / "report.html"), "--run-dir",
                      str(run_dir), env=server)
     assert report.returncode == 0 and (tmp_path / "report.html").stat().st_size > 0, report.stderr[-2000:]
-    image = sorted(marker_data.glob("images_part*/*_WRI-?1_*.png"))[0]
+    image = sorted(shortcut_data.glob("images_part*/*_WRI-?1_*.png"))[0]
     predicted = raypipe("predict", str(image), "--age", "9", *common, "--out", str(tmp_path / "pred"), env=server)
     assert predicted.returncode == 0 and '"model": "mn.fracture"' in predicted.stdout, predicted.stderr[-2000:]
     assert not (run_dir / "mlflow.db").exists()
