@@ -72,6 +72,8 @@ def make_splits(manifest: pd.DataFrame, scheme: AgeScheme, params: SplitParams) 
 def _capped_test(df: pd.DataFrame, params: SplitParams, rng: np.random.Generator) -> tuple[pd.Index, pd.Index]:
     """``_fixed_test`` at the largest K <= test_per_class whose test set holds at most test_max_fraction
     of the patients (each K draws from the same generator state: a rerun gives the same split)."""
+    if params.test_per_class <= 0 or df.empty:  # no fixed test set asked for
+        return pd.Index([]), pd.Index([])
     state = rng.bit_generator.state
     patients = df["patient_id"].nunique()
     for k in range(params.test_per_class, 0, -1):

@@ -110,3 +110,8 @@ def test_a_model_seed_replicate_keeps_the_test_set():
     assert a.equals(b)
     c = make_splits(m, get_scheme("4group"), split_params(TrainConfig(test_per_class=3, split_seed=7)))
     assert not a.equals(c)
+
+
+def test_k_zero_means_no_test_set_whatever_the_cap():
+    s = make_splits(fake_manifest(40), get_scheme("4group"), SplitParams(test_per_class=0))
+    assert (s["split"] == "test").sum() == 0
