@@ -48,6 +48,14 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
         champion = client.get_model_version_by_alias(f"tiny.{target.replace('/', '-')}", "champion")
         assert champion.tags["split_hash"] and champion.tags["metric"] in ("auroc", "macro_f1")
         assert f"promote: tiny.{target.replace('/', '-')} v1" in first.stdout
+        if target != "age":  # every binary promotion audits its champion for text-marker shortcuts
+            assert champion.tags["raypipe.shortcut_flag"] in ("true", "false")
+            run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                     f"tags.`raypipe.kind` = 'promote' and tags.`raypipe.target` = '{target}'")[0]
+            audit = json.loads(Path(client.download_artifacts(run.info.run_id, "shortcut_audit.json")).read_text())
+            assert audit["flag"] == (champion.tags["raypipe.shortcut_flag"] == "true")
+            assert {"box_only_auroc", "auroc_masked", "auroc_shuffled", "shift"} <= set(audit)
+            assert set(audit["subgroups"]) == {"metal", "cast", "initial_exam"}
 
     studies = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                  "tags.`raypipe.kind` = 'study'")
@@ -57,6 +65,7 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
     page = (run_dir / "reports" / "tiny.html").read_text()
     assert "Test set by age (1-year bins)" in page and "Test set by sex" in page and "Tuning" in page
     assert "Grad-CAM gallery" in page and "false positive" in page and "true negative" in page
+    assert page.count("<h3>Shortcut audit</h3>") == len(tuned) - 1  # per binary champion
     assert page.count("data:image/png;base64,") >= 4 * (len(tuned) - 1)
     ages = [int(a) for a in re.findall(r"<tr><td>(\d+)</td>", page.split("<h2>fracture/")[1])]
     assert ages == sorted(ages) and ages  # one-year bins in age order
