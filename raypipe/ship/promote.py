@@ -5,6 +5,7 @@
      trial peaked (its early-stopping point) and its validation Youden threshold;
   2. retrain that config on train+val for exactly that many epochs (the one loop; Ray Train for W > 1);
   3. evaluate the last epoch on the fixed test set (patient-level bootstrap CIs, see evaluate/clinical.py);
+     binary models are also audited for text-marker shortcuts (``shortcut_audit.json``, evaluate/shortcuts.py);
   4. log it as an MLflow pyfunc defined in code (ship/pyfunc_model.py: safetensors + JSON spec, no
      pickle) and register it as a new version of ``<experiment>.<target>``;
   5. under a lock: alias ``champion`` if it beats the current champion's test metric by ``margin`` on
