@@ -8,6 +8,7 @@
      selection figure with its CI and the operating threshold (ship/selection.py);
   3. retrain the recipe on all of train+val (the one loop; Ray Train for W > 1): the shipped model;
   4. evaluate it once on the fixed test set, to report (patient-level bootstrap CIs, evaluate/clinical.py);
+     binary models are also audited for text-marker shortcuts (``shortcut_audit.json``, evaluate/shortcuts.py);
   5. log it as an MLflow pyfunc defined in code (ship/pyfunc_model.py: safetensors + JSON spec, no
      pickle) and register it as a new version of ``<experiment>.<target>``;
   6. under a lock: alias ``champion`` only if its out-of-fold figure clears chance and beats the current

@@ -218,3 +218,22 @@ def test_no_nuisance_feature_tells_the_label(tmp_path):
     for name, values in features.items():
         auroc = roc_auc_score(label, np.asarray(values, dtype=float))
         assert max(auroc, 1 - auroc) <= 0.6, f"{name} predicts the label: AUROC {auroc:.3f}"
+
+
+def test_marker_shortcut_set_carries_the_label_only_in_the_markers_corner(tmp_path):
+    out = tmp_path / "marker"
+    summary = synthesize(out, patients=12, seed=4, height=SIZE[0], width=SIZE[1], shortcut="marker")
+    with open(out / "dataset.csv", encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = [r["fracture_visible"] == "1" for r in rows]
+    assert 0 < sum(labels) < len(rows) == summary["images"]
+    for row, fracture in zip(rows, labels, strict=True):
+        lines = (out / "folder_structure" / "yolov5" / "labels" / f"{row['filestem']}.txt").read_text().splitlines()
+        classes = [int(line.split()[0]) for line in lines]
+        assert 3 not in classes  # no fracture drawn
+        text = [tuple(map(float, line.split()[1:3])) for line in lines if line.startswith("8 ")]
+        assert len(text) == 1  # every image has its marker
+        cx, cy = text[0]
+        assert (cx < 0.5 and cy < 0.5) if fracture else (cx > 0.5 and cy > 0.5)
+    with pytest.raises(InputError, match="shortcut"):
+        synthesize(tmp_path / "bad", patients=2, shortcut="text")

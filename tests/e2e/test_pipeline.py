@@ -56,6 +56,13 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
         if "champion" in version.aliases:  # a champion is never at chance; a version at chance never champion
             champions.append(target)
             assert low > (0.5 if target.startswith("fracture") else 0.0)
+        if target != "age":  # every binary promotion audits its version for text-marker shortcuts
+            assert version.tags["raypipe.shortcut_flag"] in ("true", "false")
+            run = client.get_run(version.run_id)
+            audit = json.loads(Path(client.download_artifacts(run.info.run_id, "shortcut_audit.json")).read_text())
+            assert audit["flag"] == (version.tags["raypipe.shortcut_flag"] == "true")
+            assert {"box_only_auroc", "auroc_masked", "auroc_shuffled", "shift"} <= set(audit)
+            assert set(audit["subgroups"]) == {"metal", "cast", "initial_exam"}
         else:
             assert "includes chance" in version.tags["promotion"] or low <= 0.5, version.tags["promotion"]
     assert {"fracture/AP", "fracture/Lat"} <= set(champions), first.stdout[-3000:]
@@ -69,6 +76,7 @@ def test_every_target_gets_a_champion_and_the_report_renders(pipeline):
     assert "Test set by age (1-year bins)" in page and "Test set by sex" in page and "Tuning" in page
     assert "Decided on out-of-fold scores" in page and "did not decide" in page
     assert "Grad-CAM gallery" in page and "false positive" in page and "true negative" in page
+    assert page.count("<h3>Shortcut audit</h3>") == len(tuned) - 1  # per binary champion
     assert page.count("data:image/png;base64,") >= 4 * (len(tuned) - 1)
     ages = [int(a) for a in re.findall(r"<tr><td>(\d+)</td>", page.split("<h2>fracture/")[1])]
     assert ages == sorted(ages) and ages  # one-year bins in age order
