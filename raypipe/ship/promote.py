@@ -227,8 +227,7 @@ def _cross_fit(job, groups: np.ndarray, folds: int, out_dir: Path, run_dir: Path
     """Out-of-fold scores of the recipe over train+val (``job.train_rows``), as selection evidence."""
     rows, y = job.train_rows, job.train_labels
 
-    def score_fold(train_idx: np.ndarray, held_idx: np.ndarray) -> np.ndarray:
-        fold = len(list((out_dir / "folds").glob("*"))) if (out_dir / "folds").exists() else 0
+    def score_fold(fold: int, train_idx: np.ndarray, held_idx: np.ndarray) -> np.ndarray:
         fold_job = dataclasses.replace(job, train_rows=rows[train_idx], train_labels=y[train_idx],
                                        val_rows=rows[held_idx], val_labels=y[held_idx])
         result = launch.fit(fold_job, out_dir / "folds" / str(fold), run_dir / "ray",

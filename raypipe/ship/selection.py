@@ -117,15 +117,15 @@ def paired_difference(new: Selection, old: Selection, n_boot: int = 1000, seed: 
 
 
 def cross_fit(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int,
-              score_fold: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Out-of-fold scores: patient-grouped, label-stratified ``folds`` folds; ``score_fold(train_idx,
+              score_fold: Callable[[int, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Out-of-fold scores: patient-grouped, label-stratified ``folds`` folds; ``score_fold(fold, train_idx,
     held_idx)`` trains the recipe on one side and returns its scores of the other."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     out: np.ndarray | None = None
-    for train_idx, held_idx in splitter.split(rows, y, groups):
-        scores = np.asarray(score_fold(train_idx, held_idx))
+    for fold, (train_idx, held_idx) in enumerate(splitter.split(rows, y, groups)):
+        scores = np.asarray(score_fold(fold, train_idx, held_idx))
         if out is None:
             out = np.zeros((len(rows),) + scores.shape[1:], dtype=np.float64)
         out[held_idx] = scores

@@ -124,3 +124,19 @@ def test_concurrent_promotions_leave_one_champion(registry):
     assert current_champion(client, NAME) is not None
     promotions = [client.get_model_version(NAME, v).tags["promotion"] for v in versions]
     assert sum(p.startswith("champion") for p in promotions) >= 1
+
+
+def test_cross_fit_scores_every_image_once_by_a_model_that_never_saw_its_patient():
+    rows, y = np.arange(60), np.tile([0, 1], 30)
+    groups = np.arange(60) // 3  # 20 patients, 3 images each
+    seen = []
+
+    def score_fold(fold, train_idx, held_idx):
+        assert not set(groups[train_idx]) & set(groups[held_idx])  # patient-grouped
+        seen.append((fold, len(held_idx)))
+        return np.full(len(held_idx), fold, dtype=float)
+
+    oof = selection.cross_fit(rows, y, groups, 3, 0, score_fold)
+    assert [f for f, _ in seen] == [0, 1, 2] and sum(n for _, n in seen) == 60
+    for g in range(20):  # a patient's images are all held out in the same fold
+        assert len(set(oof[groups == g])) == 1
