@@ -201,7 +201,7 @@ def test_bad_space_and_nothing_to_resume_exit_2_with_one_line(synth_data, tmp_pa
 def promoted(study, shortcut_data):
     run_dir, _ = study
     proc = raypipe("promote", "--data", str(shortcut_data), "--run-dir", str(run_dir), "--experiment", "e2e",
-                   "--target", "fracture", "--bootstrap", "100")
+                   "--target", "fracture", "--bootstrap", "100", "--folds", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, proc
 
@@ -224,7 +224,7 @@ def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fr
 
     # A second promotion of the same study retrains the same recipe: it cannot beat the champion by a margin.
     again = raypipe("promote", "--data", str(shortcut_data), "--run-dir", str(run_dir), "--experiment", "e2e",
-                    "--target", "fracture", "--bootstrap", "100", "--margin", "0.01")
+                    "--target", "fracture", "--bootstrap", "100", "--folds", "2", "--margin", "0.01")
     assert again.returncode == 0 and "-> challenger" in again.stdout, again.stdout + again.stderr
 
     images = sorted(str(p) for p in shortcut_data.glob("images_part*/*.png"))[:3]
