@@ -151,14 +151,14 @@ class StudyLogger(tune.Callback):
                 out[key] += 1
         return out
 
-    def reconcile(self, trials: list) -> dict[str, int]:
+    def reconcile(self, trials: list) -> dict[str, Any]:
         """After ``fit``: every trial's run terminal and matching Tune; runs of unknown trials deleted.
 
         A driver killed between starting a trial and saving the experiment state leaves a child run
         for a trial id that the restored study never sees again: it would be a duplicate.
         """
         known = {t.trial_id: t for t in trials}
-        deleted = 0
+        deleted, orphans = 0, []
         for run in children(self.client, self.experiment_id, self.state.parent_run_id):
             trial_id = run.data.tags.get("raypipe.trial_id")
             trial = known.get(trial_id)
@@ -168,6 +168,7 @@ class StudyLogger(tune.Callback):
                     self.client.set_terminated(run.info.run_id, "KILLED")
                 self.client.delete_run(run.info.run_id)
                 deleted += 1
+                orphans.append(trial_id)
             elif run.info.status not in TERMINAL:
                 self._runs[trial_id] = run.info.run_id
                 if trial.status == "ERROR":
@@ -175,7 +176,7 @@ class StudyLogger(tune.Callback):
                 else:
                     self._close(trial, "KILLED" if self.state.was_pruned(trial_id) or trial.status != "TERMINATED"
                                 else "FINISHED")
-        return {"deleted": deleted}
+        return {"deleted": deleted, "orphans": orphans}
 
 
 def _error_line(trial) -> str:

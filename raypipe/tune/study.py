@@ -438,9 +438,11 @@ def _finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyO
     """Close every child run, then write the study's best trial, counts and plots to the parent run."""
     state, monitor, run_id = study.state, study.job.monitor, study.state.parent_run_id
     trials = _tune_trials(study)
-    logger.reconcile(trials)
-    for trial in trials:  # a trial killed after the driver's per-trial sweep (tune/trial.py) wrote again
-        checkpoint.remove_staging(trial.trial_id)
+    orphans = logger.reconcile(trials)["orphans"]
+    # Staging folders the per-trial sweep (tune/trial.py) missed: a trial that wrote again before its process
+    # died, or one a killed driver started and the restored study never knew (an orphan)
+    for trial_id in [t.trial_id for t in trials] + orphans:
+        checkpoint.remove_staging(trial_id)
     optuna_store.close_stale_trials(study)
     best_value, best = -math.inf, None
     for trial in trials:

@@ -8,7 +8,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -63,6 +65,10 @@ def test_sigkill_driver_then_resume(synth_data, tmp_path):
     assert len({k.data.tags["raypipe.trial_id"] for k in kids}) == TRIALS
     assert all(k.info.status in ("FINISHED", "KILLED") for k in kids)
     assert {k.info.run_id for k in before if k.info.status != "RUNNING"} <= {k.info.run_id for k in kids}
+    # no checkpoint staging left behind, also by a trial the killed driver started and the restored study
+    # never knew (its run was deleted as an orphan)
+    ids = {k.data.tags["raypipe.trial_id"] for k in kids + before}
+    assert not [p for p in Path(tempfile.gettempdir()).glob("raypipe-ckpt-*") if any(i in p.name for i in ids)]
     counts = parents[0].data.metrics
     assert counts["trials_finished"] + counts["trials_pruned"] == TRIALS
 
