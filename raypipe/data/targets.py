@@ -63,8 +63,8 @@ class Target:
             return (f"the source ({source}) records no projection for any image; train 'fracture' "
                     "(every image) instead")
         if (self.kind == "age" or self.group is not None) and not manifest["age"].notna().any():
-            what = "the age model" if self.kind == "age" else "per-age-group targets"
-            return f"the source ({source}) records no age for any image; {what} need ages"
+            what = "the age model needs" if self.kind == "age" else "per-age-group targets need"
+            return f"the source ({source}) records no age for any image; {what} ages"
         return None
 
     def check(self, manifest: pd.DataFrame) -> None:
