@@ -59,7 +59,7 @@ ray-up: install
 	@echo "Ray head on 127.0.0.1:$(RAY_PORT), dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT), token $(RAY_TOKEN)"
 	@echo "  make tune RAY_ADDRESS=127.0.0.1:$(RAY_PORT)"
 	@echo "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN)"
-	@echo "  ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- python -m raypipe tune ..."
+	@echo "  ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- python -m raypipe tune --data /abs/path/to/data --run-dir $(abspath $(RUN_DIR)) ..."
 
 # Only the head on RAY_PORT: `ray stop --force` would also kill every other Ray cluster on the machine.
 ray-down:
