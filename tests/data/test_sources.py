@@ -284,6 +284,7 @@ def test_summarize(grazpedwri_tiny: Path, tmp_path: Path) -> None:
     assert table.loc[("AP", "unknown"), "total"] + table.loc[("Lat", "unknown"), "total"] == 1
     mura = summarize(sources.load_source(write_mura(tmp_path / "m")), scheme)
     assert mura["missing_age"] == 7 and list(mura["table"].index.get_level_values(0).unique()) == ["U"]
+    assert (mura["held_out"], s["held_out"]) == (2, 0)  # MURA's valid split; GRAZPEDWRI-DX has none
 
 
 def test_mura_valid_split_is_held_out(tmp_path: Path) -> None:

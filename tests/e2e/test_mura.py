@@ -85,6 +85,7 @@ def test_data_check_reads_the_mura_layout(mura):
     images = len(list(mura.glob("MURA-v1.1/*/XR_WRIST/*/*/*.png")))
     assert f"images: {images}" in proc.stdout and "sources: {'mura': " in proc.stdout
     assert f"missing age: {images}" in proc.stdout  # MURA records no age
+    assert f"held out: {len(list(mura.glob('MURA-v1.1/valid/XR_WRIST/*/*/*.png')))}" in proc.stdout  # valid
 
 
 def test_valid_is_the_fixed_test_set_and_patients_never_cross(tuned, mura):
