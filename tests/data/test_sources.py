@@ -306,3 +306,15 @@ def test_old_import_paths_still_work() -> None:
 
     assert sources.SOURCES["mura"] is moved is load_mura
     assert list(sources.SOURCES) == ["grazpedwri", "mura", "csv"]  # detection order
+
+
+def test_plain_csv_split_column_marks_its_own_test_set(tmp_path: Path) -> None:
+    lines = ["image_path,label,patient_id,split"]
+    for i, split in enumerate(["train", "", "test", "TEST"]):
+        write_png(tmp_path / f"i{i}.png")
+        lines.append(f"i{i}.png,{i % 2},p{i},{split}")
+    csv = tmp_path / "list.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    assert sources.load_source(csv)["held_out"].tolist() == [False, False, True, True]
+    csv.write_text(csv.read_text().replace("i1.png,1,p1,", "i1.png,1,p1,valid"))
+    expect_error(lambda: sources.load_source(csv), "list.csv", 3, "split", "'valid'")

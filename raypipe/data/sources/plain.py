@@ -41,11 +41,12 @@ def _is_plain(root: Path) -> bool:
 
 @register_source("csv", detect=_is_plain, looks_for="a CSV with columns image_path,label (plain CSV)")
 def load_csv(root: Path) -> pd.DataFrame:
-    """Any data set as ``image_path,label[,age,projection,patient_id,gender,study_id,metal]``.
+    """Any data set as ``image_path,label[,age,projection,patient_id,gender,study_id,metal,split]``.
 
     ``image_path`` is relative to the CSV's folder or absolute; ``patient_id`` defaults to the
     image's stem (one patient per image: splits then cannot guard against patient leakage, so
-    give it when known). Blank age/gender/projection mean unknown.
+    give it when known). Blank age/gender/projection mean unknown. ``split``: ``test`` marks the
+    data set's own test split (``held_out``, as MURA's valid), ``train`` or blank the rest.
     """
     csv = _plain_csv(root)
     if csv is None:
@@ -67,11 +68,17 @@ def load_csv(root: Path) -> pd.DataFrame:
         key = df["metal"].str.lower()
         fail(df, ~key.isin(["", "0", "1", "true", "false"]), csv, "metal", "metal must be 0/1/blank, got {value!r}")
         metal = key.isin(["1", "true"])
+    held_out = pd.Series(False, index=df.index)
+    if "split" in df.columns:
+        key = df["split"].str.lower()
+        fail(df, ~key.isin(["", "train", "test"]), csv, "split", "split must be train, test or blank, got {value!r}")
+        held_out = key == "test"
     gender_col = "gender" if "gender" in df.columns else "sex"
     out = pd.DataFrame({
         "image_id": df["image_path"], "path": paths, "patient_id": patient, "study_id": study,
         "age": ages(df, csv), "sex": lookup(df, csv, gender_col, SEXES, "gender", SEX_HINT, blank="U"),
         "projection": lookup(df, csv, "projection", PROJECTIONS, "projection", PROJECTION_HINT, blank="U"),
-        "label": df["label"].astype(int), "metal": metal, "text_boxes": "", "source": "csv", "_row": df["_row"],
+        "label": df["label"].astype(int), "metal": metal, "text_boxes": "", "source": "csv", "held_out": held_out,
+        "_row": df["_row"],
     })
     return manifest.normalise(out, csv)
