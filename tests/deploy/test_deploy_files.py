@@ -485,7 +485,8 @@ def test_compose_ray_containers_have_shm(compose):
 
 
 DEPLOY_TEXTS = [checks.COMPOSE, checks.DOCKERFILE, checks.MLFLOW_DOCKERFILE, checks.LAUNCHER, checks.RAYCLUSTER,
-                checks.RAYJOB, REPO / "docker" / "ray-node.sh", REPO / "cluster" / "README.md", REPO / "README.md"]
+                checks.RAYJOB, REPO / "docker" / "ray-node.sh", REPO / "Makefile", REPO / "cluster" / "README.md",
+                REPO / "README.md"]
 
 
 @pytest.mark.parametrize("path", DEPLOY_TEXTS, ids=lambda p: p.name)
