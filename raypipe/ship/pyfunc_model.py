@@ -70,8 +70,8 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
     def score(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The prediction, raising raypipe's InputError (``predict`` turns it into MLflow's 400)."""
         from raypipe.data.dataset import normalise
-        from raypipe.data.manifest import parse_boxes
         from raypipe.data.images import prepare
+        from raypipe.data.manifest import parse_boxes
 
         rows = self.inputs(frame)
         counts = [len(parse_boxes(boxes)) if self.masking != "off" else 0 for _, _, boxes in rows]
