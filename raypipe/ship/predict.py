@@ -2,7 +2,7 @@
 
 Projection: the ``--projection`` argument, else the DICOM header (ViewPosition), else the file name
 (GRAZPEDWRI-DX ``..._WRI-L1_...``: 1 = AP, 2 = lateral; or an ``AP`` / ``LAT`` token). Age group:
-``--age`` in years with the fracture model's own age cut points, else the age champion's prediction.
+``--age`` in years with the champions' age cut points, else the age champion's prediction.
 Model: the most specific champion that exists, ``<exp>.fracture-<proj>-<group>``, then
 ``<exp>.fracture-<proj>``, then ``<exp>.fracture``. Every model is loaded through
 ``models:/<name>@champion`` (the models-from-code pyfunc: no unpickling), allowed to read the local paths
@@ -91,9 +91,10 @@ class Router:
             prefix = f"{self.experiment}."
             targets = [m.name.removeprefix(prefix).replace("-", "/")
                        for m in self.client.search_registered_models(f"name LIKE '{prefix}%'")]
-            routing = [t for t in targets if t in ("age", "fracture") or t.startswith(f"fracture/{projection}")]
+            routing = [t for t in targets if t in ("age", "fracture", f"fracture/{projection}")
+                       or t.startswith(f"fracture/{projection}/")]
             found = [c for c in map(self.champion, sorted(routing)) if c is not None]
-            if not found:
+            if not found and not any(map(self.champion, targets)):
                 raise InputError(f"experiment {self.experiment}",
                                  "has no champion models: run `raypipe promote` first")
             schemes = {c.age_cuts for c in found}
@@ -101,7 +102,7 @@ class Router:
                 shown = ", ".join(f"{c.name} v{c.version} {list(c.age_cuts)}" for c in found)
                 raise InputError(f"experiment {self.experiment}", "its champions use different age schemes "
                                  f"(cut points: {shown}); promote them on one --age-scheme")
-            self._cuts[projection] = schemes.pop()
+            self._cuts[projection] = schemes.pop() if schemes else ()  # none: fracture_model says what is missing
         return self._cuts[projection]
 
     def fracture_model(self, projection: str, group: int | None) -> Champion:
@@ -147,7 +148,8 @@ def age_group(router: Router, path: Path, age: float | None, projection: str,
     if age is not None:
         if not 0 <= age <= 25:
             raise InputError("--age", f"expected years in 0..25, got {age}")
-        return int(np.searchsorted(np.asarray(cuts), age, side="right")), "given", None
+        group = int(np.searchsorted(np.asarray(cuts), age, side="right")) if cuts else None
+        return group, "given", None
     age_model = router.champion("age")
     if age_model is None:
         return None, "unknown (no --age, no age champion)", None

@@ -32,6 +32,7 @@ def store(tmp_path_factory):
     register_champion(run_dir, "mask", "fracture", masking="fill")
     register_champion(run_dir, "mixed", "fracture", scheme="4group")
     register_champion(run_dir, "mixed", "age", scheme="3group")
+    register_champion(run_dir, "latonly", "fracture/Lat")
     data = write_grazpedwri(run_dir / "graz", n_patients=2)
     return run_dir, MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}"), data
 
@@ -99,6 +100,9 @@ def test_champions_on_different_age_schemes_are_refused(store, tmp_path):
     with pytest.raises(InputError, match="different age schemes") as refused:
         predict_images(client, "mixed", [Job(ap_image(data), age=9)], tmp_path, warn=print)
     assert "mixed.age v1 [8.0, 15.0]" in str(refused.value) and "mixed.fracture v1 [5.0, 10.0, 15.0]" in str(refused.value)
+    # an experiment with champions, none for this projection: the missing one is named
+    with pytest.raises(InputError, match="no fracture champion for fracture/AP or fracture"):
+        predict_images(client, "latonly", [Job(ap_image(data), age=9)], tmp_path, warn=print)
 
 
 def test_cli_masks_csv_boxes_warns_once_and_refuses_bad_input_in_one_line(store, tmp_path):
