@@ -48,6 +48,8 @@ def test_the_model_carries_raypipes_code_and_never_requires_raypipe(champion):
     assert not list((root / "code").rglob("__pycache__"))
     requirements = (root / "requirements.txt").read_text().split()
     assert requirements and not [r for r in requirements if r.lower().startswith("raypipe")]
+    for env_file in ("conda.yaml", "python_env.yaml"):  # what --env-manager conda/virtualenv would install
+        assert "raypipe" not in (root / env_file).read_text().lower()
     assert any(r.startswith("torch==") for r in requirements)
 
 
