@@ -317,12 +317,12 @@ def predict_cmd(
     from mlflow.tracking import MlflowClient
 
     from raypipe import fsio
-    from raypipe.ship.predict import Job, predict_images
+    from raypipe.ship.predict import Job, csv_jobs, predict_images
     from raypipe.tracking.runs import tracking_uri
 
     if labels is not None and not labels.is_dir():
         raise InputError(labels, "no such labels folder", field="--labels")
-    jobs = [Job(Path(p), age, projection) for p in images or []] + (_csv_jobs(csv, age, projection) if csv else [])
+    jobs = [Job(Path(p), age, projection) for p in images or []] + (csv_jobs(csv, age, projection) if csv else [])
     if not jobs:
         raise InputError("command line", "give image files or --csv")
     rows = predict_images(MlflowClient(tracking_uri(run_dir)), experiment, jobs, out, labels,
@@ -330,33 +330,6 @@ def predict_cmd(
     for row in rows:
         console.print(json.dumps(row), markup=False, soft_wrap=True)
     fsio.write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _csv_jobs(csv: Path, age: float | None, projection: str | None) -> list:
-    """``predict --csv`` rows as jobs; a bad cell is one line naming its row and column."""
-    import pandas as pd
-
-    from raypipe.ship.boxes import check_cell
-    from raypipe.ship.predict import Job
-
-    if not csv.is_file():
-        raise InputError(csv, "file not found")
-    frame = pd.read_csv(csv, dtype={"text_boxes": str, "projection": str})
-    if "image" not in frame:
-        raise InputError(csv, "missing column", field="image")
-    jobs = []
-    for row_no, row in enumerate(frame.to_dict("records"), start=2):
-        value = row.get("age")
-        try:
-            row_age = None if value is None or pd.isna(value) else float(value)
-        except (TypeError, ValueError):
-            raise InputError(csv, f"age {value!r} is not a number", row=row_no, field="age") from None
-        row_proj = row.get("projection") if isinstance(row.get("projection"), str) else None
-        cell = row.get("text_boxes")
-        cell = check_cell(cell, csv, row_no) if isinstance(cell, str) else ("" if "text_boxes" in frame else None)
-        jobs.append(Job(csv.parent / str(row["image"]), age if row_age is None else row_age,
-                        row_proj or projection, cell))
-    return jobs
 
 
 @pipeline_app.command("run")

@@ -115,6 +115,30 @@ class Router:
                          f"{' or '.join(candidates)}: run `raypipe promote` first")
 
 
+def csv_jobs(csv: Path, age: float | None = None, projection: str | None = None) -> list[Job]:
+    """``predict --csv`` rows (``image[, age, projection, text_boxes]``) as jobs; the command line's
+    ``--age``/``--projection`` fill blank cells. A bad cell is one line naming its row and column."""
+    if not csv.is_file():
+        raise InputError(csv, "file not found")
+    frame = pd.read_csv(csv, dtype={"text_boxes": str, "projection": str})
+    if "image" not in frame:
+        raise InputError(csv, "missing column", field="image")
+    jobs = []
+    for row_no, row in enumerate(frame.to_dict("records"), start=2):
+        value = row.get("age")
+        try:
+            row_age = None if value is None or pd.isna(value) else float(value)
+        except (TypeError, ValueError):
+            raise InputError(csv, f"age {value!r} is not a number", row=row_no, field="age") from None
+        row_proj = row.get("projection") if isinstance(row.get("projection"), str) else None
+        cell = row.get("text_boxes")  # a blank cell: no boxes for this image; no column: None (not asked)
+        cell = text_boxes.check_cell(cell, csv, row_no) if isinstance(cell, str) else (
+            "" if "text_boxes" in frame else None)
+        jobs.append(Job(csv.parent / str(row["image"]), age if row_age is None else row_age,
+                        row_proj or projection, cell))
+    return jobs
+
+
 def projection_of(path: Path, given: str | None) -> str:
     if given:
         if given not in ("AP", "Lat"):
