@@ -10,7 +10,8 @@ Input, one row per image:
                    (the signature types it ``binary``, so MLflow's scoring server decodes it);
   ``image``        a path to an image file, read only when the model was loaded with
                    ``model_config={"read_paths": true}``: a served model must not open files the
-                   client names on the server (a file-read oracle), so by default it refuses paths;
+                   client names on the server (a file-read oracle), so by default it refuses paths
+                   (a trusted server may set ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"read_paths": true}'``);
   ``text_boxes``   optional YOLO class-8 (text) boxes ``cx cy w h;...``, masked as in training.
 Output: ``probability`` (binary: P(fracture)) or ``probabilities`` (age: one per group), ``label``,
 ``threshold`` (binary: the out-of-fold Youden threshold saved in the spec), and how the input was

@@ -130,3 +130,10 @@ def test_paths_are_refused_unless_the_loader_allows_them(champion, tmp_path):
     with pytest.raises(MlflowException, match="image_bytes of row 1: cannot decode|image_bytes of row 1.*not"):
         model.predict(pd.DataFrame({"image_bytes": [b"\x89PNG\r\n\x1a\nnot an image"]}))
     assert len(model.predict(pd.DataFrame({"image_bytes": [image.read_bytes()]}))) == 1
+
+
+def test_an_operator_can_allow_paths_on_a_trusted_server(champion, monkeypatch):
+    run_dir, _, image = champion
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", '{"read_paths": true}')  # README: serving
+    model = mlflow.pyfunc.load_model(str(model_dir(run_dir)))
+    assert len(model.predict(pd.DataFrame({"image": [str(image)]}))) == 1
