@@ -22,7 +22,7 @@ SIZE = 32
 def register_champion(run_dir: Path, experiment: str, target: str, masking: str = "fill",
                       scheme: str = "4group", threshold: float = 0.5) -> str:
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # not the registry a previous test made global
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=(run_dir / "mlartifacts").resolve().as_uri())

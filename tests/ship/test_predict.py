@@ -34,7 +34,8 @@ def store(tmp_path_factory):
     register_champion(run_dir, "mixed", "age", scheme="3group")
     register_champion(run_dir, "latonly", "fracture/Lat")
     data = write_grazpedwri(run_dir / "graz", n_patients=2)
-    return run_dir, MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}"), data
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    return run_dir, MlflowClient(uri, registry_uri=uri), data
 
 
 def ap_image(data: Path) -> Path:
