@@ -59,7 +59,7 @@ ray-up: install
 	@echo "Ray head on 127.0.0.1:$(RAY_PORT), dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT), token $(RAY_TOKEN)"
 	@echo "  make tune RAY_ADDRESS=127.0.0.1:$(RAY_PORT)"
 	@echo "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN)"
-	@echo "  ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- python -m raypipe tune ..."
+	@echo "  ray job submit --address http://127.0.0.1:$(RAY_DASHBOARD_PORT) --working-dir . -- python -m raypipe tune --data /abs/path/to/data --run-dir $(abspath $(RUN_DIR)) ..."
 
 # Only the head on RAY_PORT: `ray stop --force` would also kill every other Ray cluster on the machine.
 ray-down:
@@ -76,12 +76,13 @@ CLUSTER_GID = $(shell [ "$$(id -u)" = 0 ] && echo 1000 || id -g)
 
 cluster-up:
 	@docker/make-secrets.sh docker/secrets $(CLUSTER_UID):$(CLUSTER_GID)
-	RAYPIPE_UID=$(CLUSTER_UID) RAYPIPE_GID=$(CLUSTER_GID) RAYPIPE_VARIANT=$(VARIANT) $(COMPOSE) \
+	RAYPIPE_UID=$(CLUSTER_UID) RAYPIPE_GID=$(CLUSTER_GID) RAYPIPE_VARIANT=$(VARIANT) \
+	  RAYPIPE_GIT_SHA=$$(git rev-parse HEAD 2>/dev/null || echo unknown) $(COMPOSE) \
 	  $(if $(filter cpu,$(VARIANT)),--profile cpu) up -d --build --wait \
 	  $(if $(filter cpu,$(VARIANT)),--scale ray-worker=0 --scale ray-worker-cpu=$(WORKERS),--scale ray-worker=$(WORKERS))
 	@echo "Ray dashboard http://127.0.0.1:8265, MLflow http://127.0.0.1:5000. Submit a study:"
 	@echo "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(abspath docker/secrets/ray_token)"
-	@echo "  $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m raypipe tune --preset demo --storage /shared/runs"
+	@echo "  $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m raypipe tune --preset demo --data /shared/runs/demo-data --storage /shared/runs"
 
 # Stops and removes the containers; the volumes (runs, MLflow database, artifacts) stay.
 cluster-down:

@@ -46,8 +46,10 @@ case "${1:-}" in
   head)
     require_token
     # 0.0.0.0 inside the container only: Compose publishes these ports on the host's 127.0.0.1.
+    # No Ray Client port: raypipe submits jobs through the dashboard's job API. (Ray 2.60 still starts
+    # its client server inside the container; nothing publishes it.)
     exec ray start --head --block --disable-usage-stats --num-gpus=0 \
-      --port=6379 --ray-client-server-port=10001 \
+      --port=6379 \
       --dashboard-host=0.0.0.0 --dashboard-port=8265 \
       ${RAY_HEAD_NUM_CPUS:+--num-cpus="$RAY_HEAD_NUM_CPUS"}
     ;;

@@ -38,6 +38,20 @@ StorageOpt = Annotated[str | None, typer.Option(
 DEFAULT_RUN_DIR = Path("runs")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version  # the installed distribution's, not a copy in the code
+
+        console.print(f"raypipe {version('raypipe')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print raypipe's version and exit.")] = False) -> None:
+    """Tune and ship pediatric wrist X-ray classifiers on Ray + MLflow."""
+
+
 @data_app.command("synth")
 def data_synth(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
                shortcut: Annotated[str | None, typer.Option(

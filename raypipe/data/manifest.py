@@ -17,6 +17,9 @@ label       int 0/1: fracture visible
 metal       bool
 text_boxes  YOLO class-8 (text) boxes, normalised "cx cy w h" joined by ";" ("" when none)
 source      name of the adapter that produced the row
+held_out    bool: the source itself holds the image out as its test set (MURA's ``valid`` split).
+            When any image is held out, those images are the fixed test set and the rest are
+            train/val only (``splits.make_splits``). Adapters without such a split may omit it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ COLUMNS = [
     "metal",
     "text_boxes",
     "source",
+    "held_out",
 ]
 SEXES = {"M", "F", "O", "U"}
 PROJECTIONS = {"AP", "Lat", "Oblique", "U"}
@@ -63,6 +67,7 @@ _DTYPES = {
     "metal": "bool",
     "text_boxes": "string",
     "source": "string",
+    "held_out": "bool",
 }
 
 
@@ -73,6 +78,8 @@ def normalise(df: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
     line numbers in that file (header = line 1, so the first data row is row 2), taken from the
     ``_row`` column when the adapter kept it.
     """
+    if "held_out" not in df.columns:  # most layouts have no split of their own
+        df = df.assign(held_out=False)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise InputError(origin, f"manifest lacks columns {missing}", field=missing[0])
@@ -100,6 +107,7 @@ def normalise(df: pd.DataFrame, origin: str | Path) -> pd.DataFrame:
     out["age"] = age
     out["label"] = label.astype("int64")
     out["metal"] = out["metal"].astype(bool)
+    out["held_out"] = out["held_out"].astype(bool)
     out["text_boxes"] = out["text_boxes"].fillna("")
     out["study_id"] = out["study_id"].fillna(out["patient_id"])
     return out.astype(_DTYPES).reset_index(drop=True)

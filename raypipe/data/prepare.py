@@ -40,10 +40,13 @@ class PreparedData:
 
     def frame(self, target: Target, split: str) -> pd.DataFrame:
         """The manifest rows of ``target`` in ``split``, in the order ``select`` returns them."""
+        target.check(self.manifest)
         return target.select(self.manifest[(self.splits["split"] == split).to_numpy()], self.scheme)[0]
 
     def select(self, target: Target, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Cache rows and class labels of ``target`` in ``split``."""
+        """Cache rows and class labels of ``target`` in ``split``; ``InputError`` for a target the data
+        set cannot feed at all (``Target.check``: e.g. ``fracture/AP`` on MURA)."""
+        target.check(self.manifest)
         in_split = self.manifest[(self.splits["split"] == split).to_numpy()]
         rows, y = target.select(in_split, self.scheme)
         if self.cache is None:

@@ -9,6 +9,9 @@ train, val and test. Here every split is grouped by ``patient_id``:
    training. Every cell therefore holds ``min(K, images in that cell)``. The test set never
    takes more than ``test_max_fraction`` of the patients (a small data set at the default K would
    leave a per-group target nothing to train on): K is lowered, with a warning, until it fits.
+   A source with a test split of its own (MURA's ``valid``: manifest column ``held_out``) keeps
+   it instead: its held-out images are the test set, whole (no age-bin cut: MURA has no ages),
+   and images of the same patients outside it are ``excluded``.
 2. The remaining patients go to train/val, stratified by projection x age group x label
    (``StratifiedGroupKFold``), grouped by patient.
 
@@ -57,11 +60,18 @@ def make_splits(manifest: pd.DataFrame, scheme: AgeScheme, params: SplitParams) 
         metal = manifest["metal"] & (split == "")
         split[metal], reason[metal] = "excluded", "metal"
 
-    usable = manifest[split == ""]
-    test_ids, overflow_ids = _capped_test(usable, params, rng)
-    split[manifest.index.isin(test_ids)] = "test"
-    overflow = manifest.index.isin(overflow_ids)
-    split[overflow], reason[overflow] = "excluded", "test patient, cell full"
+    held = (manifest["held_out"].to_numpy(dtype=bool) if "held_out" in manifest.columns  # hand-made frames
+            else np.zeros(len(manifest), dtype=bool)) & (split == "").to_numpy()
+    if held.any():
+        split[held] = "test"
+        # Patients never cross: a held-out patient's images in the source's training split stay out.
+        crossing = (split == "") & manifest["patient_id"].isin(manifest.loc[held, "patient_id"])
+        split[crossing], reason[crossing] = "excluded", "patient in the source's test split"
+    else:
+        test_ids, overflow_ids = _capped_test(manifest[split == ""], params, rng)
+        split[manifest.index.isin(test_ids)] = "test"
+        overflow = manifest.index.isin(overflow_ids)
+        split[overflow], reason[overflow] = "excluded", "test patient, cell full"
 
     rest = manifest[split == ""]
     if len(rest):

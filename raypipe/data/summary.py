@@ -37,6 +37,8 @@ def summarize(manifest_df: pd.DataFrame, scheme: AgeScheme) -> dict[str, object]
         "metal": int(m["metal"].sum()),
         "text_boxes": int((m["text_boxes"] != "").sum()),
         "missing_age": int(m["age"].isna().sum()),
+        # the source's own test split (MURA's valid), which becomes the fixed test set
+        "held_out": int(m["held_out"].sum()) if "held_out" in m.columns else 0,
         "sources": {str(k): int(v) for k, v in m["source"].value_counts().items()},
         "age_scheme": scheme.name,
     }

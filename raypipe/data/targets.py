@@ -1,9 +1,14 @@
 """Targets: named views of the manifest that one model learns.
 
 ``age``             age-group classifier over every AP/lateral image with a known age
-``fracture``        fracture yes/no over every AP/lateral image
+``fracture``        fracture yes/no over every AP/lateral image, and every image whose source
+                    records no projection (``U``: MURA)
 ``fracture/AP``     one projection (``AP`` or ``Lat``)
 ``fracture/AP/1``   one projection and one age group (index into the run's age scheme)
+
+A target the data set cannot feed at all (per-projection targets on a source without projections,
+age targets on one without ages) is refused with one line by ``unsupported``, before any split is
+looked at: "no images in the train split" would hide why.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from raypipe.data.groups import AgeScheme
+from raypipe.errors import InputError
 
 PROJECTIONS = ("AP", "Lat")
+UNKNOWN = "U"  # the manifest's "no projection recorded"
 
 
 @dataclass(frozen=True)
@@ -37,9 +44,10 @@ class Target:
     def select(self, manifest: pd.DataFrame, scheme: AgeScheme) -> tuple[pd.DataFrame, np.ndarray]:
         """Rows of this target and their class index."""
         groups = scheme.group_of(manifest["age"].to_numpy(dtype=float))
-        keep = manifest["projection"].isin(PROJECTIONS).to_numpy().copy()  # pandas may hand out read-only
-        if self.projection is not None:
-            keep &= (manifest["projection"] == self.projection).to_numpy()
+        if self.projection is None:  # oblique views stay out (too few to learn from)
+            keep = manifest["projection"].isin((*PROJECTIONS, UNKNOWN)).to_numpy().copy()  # may be read-only
+        else:
+            keep = (manifest["projection"] == self.projection).to_numpy().copy()
         if self.kind == "age" or self.group is not None:
             keep &= groups >= 0
         if self.group is not None:
@@ -47,6 +55,22 @@ class Target:
         rows = manifest[keep]
         y = groups[keep] if self.kind == "age" else rows["label"].to_numpy()
         return rows, np.asarray(y, dtype=np.int64)
+
+    def unsupported(self, manifest: pd.DataFrame) -> str | None:
+        """Why the data set as a whole cannot feed this target (``None`` when it can)."""
+        source = "/".join(sorted(set(manifest["source"].astype(str)))) or "the data set"
+        if self.projection is not None and not manifest["projection"].isin(PROJECTIONS).any():
+            return (f"the source ({source}) records no projection for any image; train 'fracture' "
+                    "(every image) instead")
+        if (self.kind == "age" or self.group is not None) and not manifest["age"].notna().any():
+            what = "the age model needs" if self.kind == "age" else "per-age-group targets need"
+            return f"the source ({source}) records no age for any image; {what} ages"
+        return None
+
+    def check(self, manifest: pd.DataFrame) -> None:
+        """``InputError`` (one line, exit 2) when ``unsupported`` says why."""
+        if (why := self.unsupported(manifest)) is not None:
+            raise InputError(f"target {self.name}", why)
 
 
 def parse_target(spec: str, scheme: AgeScheme) -> Target:

@@ -110,11 +110,24 @@ def flat_params(prefix: str, obj: dict[str, Any]) -> dict[str, str]:
 
 
 def git_sha() -> str:
+    """The commit of the running code (the ``raypipe.git_sha`` tag of every run).
+
+    A git checkout answers with its HEAD. Installed copies have no ``.git``: a source tree exported by
+    ``cluster/export-ref.sh`` carries the commit in ``REVISION``, and the Docker image (and the AWS
+    nodes, from that file) in ``RAYPIPE_GIT_SHA``. "unknown" when none of them says.
+    """
+    source = Path(__file__).resolve().parents[2]  # the folder holding the raypipe package
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
+                              cwd=source).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        pass
+    try:
+        if sha := (source / "REVISION").read_text().strip():
+            return sha
+    except OSError:
+        pass
+    return os.environ.get("RAYPIPE_GIT_SHA", "").strip() or "unknown"
 
 
 class EpochLogger:

@@ -284,3 +284,37 @@ def test_summarize(grazpedwri_tiny: Path, tmp_path: Path) -> None:
     assert table.loc[("AP", "unknown"), "total"] + table.loc[("Lat", "unknown"), "total"] == 1
     mura = summarize(sources.load_source(write_mura(tmp_path / "m")), scheme)
     assert mura["missing_age"] == 7 and list(mura["table"].index.get_level_values(0).unique()) == ["U"]
+    assert (mura["held_out"], s["held_out"]) == (2, 0)  # MURA's valid split; GRAZPEDWRI-DX has none
+
+
+def test_mura_valid_split_is_held_out(tmp_path: Path) -> None:
+    m = sources.load_source(write_mura(tmp_path / "m"))
+    held = m.set_index("image_id")["held_out"]
+    assert held.to_dict() == {i: i.startswith("valid/") for i in m["image_id"]}
+    assert held.sum() == 2
+    graz = sources.load_source(write_grazpedwri(tmp_path / "g"))
+    assert not graz["held_out"].any()  # a layout without a split of its own holds nothing out
+    path = tmp_path / "manifest.csv"
+    manifest.save(m, path)
+    assert manifest.load(path)["held_out"].equals(m["held_out"])  # survives the round trip
+
+
+def test_old_import_paths_still_work() -> None:
+    """The adapters moved into a package (one module per layout); what callers import stays."""
+    from raypipe.data.sources import _graz_csv, load_csv, load_grazpedwri, load_mura, parse_yolo  # noqa: F401
+    from raypipe.data.sources.mura import load_mura as moved
+
+    assert sources.SOURCES["mura"] is moved is load_mura
+    assert list(sources.SOURCES) == ["grazpedwri", "mura", "csv"]  # detection order
+
+
+def test_plain_csv_split_column_marks_its_own_test_set(tmp_path: Path) -> None:
+    lines = ["image_path,label,patient_id,split"]
+    for i, split in enumerate(["train", "", "test", "TEST"]):
+        write_png(tmp_path / f"i{i}.png")
+        lines.append(f"i{i}.png,{i % 2},p{i},{split}")
+    csv = tmp_path / "list.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    assert sources.load_source(csv)["held_out"].tolist() == [False, False, True, True]
+    csv.write_text(csv.read_text().replace("i1.png,1,p1,", "i1.png,1,p1,valid"))
+    expect_error(lambda: sources.load_source(csv), "list.csv", 3, "split", "'valid'")

@@ -115,3 +115,48 @@ def test_a_model_seed_replicate_keeps_the_test_set():
 def test_k_zero_means_no_test_set_whatever_the_cap():
     s = make_splits(fake_manifest(40), get_scheme("4group"), SplitParams(test_per_class=0))
     assert (s["split"] == "test").sum() == 0
+
+
+def mura_like(n_train=60, n_valid=15, seed=0) -> pd.DataFrame:
+    """A MURA-shaped manifest: no ages, no projections, the source's own test split marked held_out."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_train + n_valid):
+        held = p >= n_train
+        for s in range(rng.integers(1, 3)):
+            label = int(rng.random() < 0.4)
+            for i in range(rng.integers(1, 4)):
+                rows.append({"image_id": f"{'valid' if held else 'train'}/p{p}/s{s}/{i}", "path": "x",
+                             "patient_id": f"p{p}", "study_id": f"p{p}/s{s}", "age": np.nan, "sex": "U",
+                             "projection": "U", "label": label, "metal": False, "text_boxes": "",
+                             "source": "mura", "held_out": held})
+    return pd.DataFrame(rows)
+
+
+def test_a_source_test_split_is_the_fixed_test_set_whole():
+    """MURA's valid split is the test set, every image of it (no age-bin cut: there are no ages, and a cut
+    at test_per_class would keep a handful); train/val come from the source's train split only."""
+    m = mura_like()
+    s = make_splits(m, get_scheme("4group"), SplitParams(test_per_class=2, seed=1))
+    assert (s["split"] == "test").to_numpy().tolist() == m["held_out"].tolist()
+    rest = s.loc[~m["held_out"].to_numpy(), "split"]
+    assert set(rest) == {"train", "val"} and 0.1 < (rest == "val").mean() < 0.35
+    used = m.assign(split=s["split"])
+    assert (used.groupby("patient_id")["split"].nunique() == 1).all()  # patients never cross
+    assert s.equals(make_splits(m, get_scheme("4group"), SplitParams(test_per_class=2, seed=1)))
+
+
+def test_a_patient_in_the_source_test_split_never_trains():
+    """A hand-assembled set whose patient has studies in both of the source's splits: the training-side
+    images are excluded with a reason, not trained on next to their test twins."""
+    m = mura_like()
+    twin = m[m["held_out"]].iloc[0]
+    extra = {**twin.to_dict(), "image_id": "train/twin/0", "study_id": f"{twin['patient_id']}/old",
+             "held_out": False}
+    m = pd.concat([m, pd.DataFrame([extra])], ignore_index=True)
+    s = make_splits(m, get_scheme("4group"), SplitParams(seed=1))
+    row = s[m["image_id"] == "train/twin/0"].iloc[0]
+    assert (row["split"], row["reason"]) == ("excluded", "patient in the source's test split")
+    test_patients = set(m.loc[(s["split"] == "test").to_numpy(), "patient_id"])
+    trained = set(m.loc[s["split"].isin(["train", "val"]).to_numpy(), "patient_id"])
+    assert not test_patients & trained

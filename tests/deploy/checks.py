@@ -342,3 +342,76 @@ def dockerfile_secret_problems(text: str) -> list[str]:
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("the image runs as root (no non-root USER at the end)")
     return problems
+
+
+# --- Issue 16: what the deploy files must say for a job to run as described ---------------------
+
+def _cluster(doc: dict) -> dict:
+    return doc["spec"].get("rayClusterSpec", doc["spec"]) if doc["kind"] == "RayJob" else doc["spec"]
+
+
+def auth_options_problems(doc: dict) -> list[str]:
+    """KubeRay's own token mode: without it the operator polls the dashboard without the token and never
+    reads a RayJob's status (env vars on the pods are not enough). Its Secret is the one the pods use."""
+    auth = _cluster(doc).get("authOptions") or {}
+    if auth.get("mode") != "token":
+        return [f"authOptions.mode is {auth.get('mode')!r}, not 'token'"]
+    used = {e["valueFrom"]["secretKeyRef"]["name"] for _, spec in pod_specs(doc) for c in spec["containers"]
+            for e in c.get("env", []) if e["name"] == "RAY_AUTH_TOKEN" and "valueFrom" in e}
+    if auth.get("secretName") not in used:
+        return [f"authOptions.secretName {auth.get('secretName')!r} is not the Secret the pods use ({sorted(used)})"]
+    return []
+
+
+def shm_problems(doc: dict) -> list[str]:
+    """Every Ray pod (head, worker groups) mounts a memory emptyDir at /dev/shm in its Ray container."""
+    problems = []
+    for where, spec in pod_specs(doc):
+        if where == "submitter":  # runs `ray job submit`, not a Ray node
+            continue
+        memory = {v["name"] for v in spec.get("volumes", []) if (v.get("emptyDir") or {}).get("medium") == "Memory"}
+        mounts = {m["name"] for m in spec["containers"][0].get("volumeMounts", []) if m["mountPath"] == "/dev/shm"}
+        if not memory & mounts:
+            problems.append(f"{where}: no memory emptyDir mounted at /dev/shm")
+    return problems
+
+
+def compose_shm_problems(doc: dict) -> list[str]:
+    """Ray containers get a real /dev/shm (Docker's default is 64 MB)."""
+    return [f"{name}: no shm_size" for name, s in (doc.get("services") or {}).items()
+            if name.startswith("ray-") and not s.get("shm_size")]
+
+
+CLIENT_PORT = re.compile(r"(?<!\d)10001(?!\d)|ray-client-server-port")
+
+
+def client_port_problems(text: str, where: str) -> list[str]:
+    """The Ray Client port (10001) is neither used nor published: jobs go through the job API."""
+    return [f"{where}:{n}: Ray Client port" for n, line in enumerate(text.splitlines(), 1) if CLIENT_PORT.search(line)]
+
+
+def git_sha_problems(dockerfile_text: str) -> list[str]:
+    """The final image stage takes the commit as a build arg and exports it to raypipe (RAYPIPE_GIT_SHA)."""
+    final = dockerfile_text[dockerfile_text.rfind("\nFROM "):]
+    problems = []
+    if not re.search(r"^ARG GIT_SHA(=\S*)?$", final, re.MULTILINE):
+        problems.append("no ARG GIT_SHA in the final stage")
+    if not re.search(r"^ENV RAYPIPE_GIT_SHA=\$\{?GIT_SHA\}?$", final, re.MULTILINE):
+        problems.append("no ENV RAYPIPE_GIT_SHA=${GIT_SHA} in the final stage")
+    return problems
+
+
+_JOB = re.compile(r"python -m raypipe (tune|train|promote|pipeline run)\b")
+
+
+def job_commands(text: str) -> list[str]:
+    """Every `python -m raypipe <command>` in a text, continuation lines (trailing backslash) joined."""
+    joined = re.sub(r"\\\n\s*(#\s*)?", " ", text)
+    return [line[m.start():] for line in joined.splitlines() for m in [_JOB.search(line)] if m]
+
+
+def job_data_problems(text: str, where: str) -> list[str]:
+    """Every job command names its data set by an absolute path: a job runs in a temporary copy of the
+    working directory, and data synthesised or resolved there vanishes with it (and changes the data hash)."""
+    return [f"{where}: {cmd.strip()!r} has no absolute --data" for cmd in job_commands(text)
+            if not re.search(r"--data[ =]/", cmd)]

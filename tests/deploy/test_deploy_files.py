@@ -449,3 +449,108 @@ def test_ray_node_refuses_to_start_without_token_auth(tmp_path):
         result = subprocess.run(["bash", str(REPO / "docker" / "ray-node.sh"), "head"], env=broken,
                                 capture_output=True, text=True, timeout=10)
         assert result.returncode != 0 and "ray-node:" in result.stderr
+
+
+# --- Issue 16: token mode KubeRay knows about, /dev/shm, no Ray Client port, git sha, --data -----------
+
+@pytest.mark.parametrize("name", ["raycluster", "rayjob"])
+def test_kuberay_operator_gets_the_token_through_auth_options(manifests, name):
+    doc = manifests[name]
+    assert checks.auth_options_problems(doc) == []
+    path = f"{_cluster_path(name)}.authOptions"
+    assert checks.auth_options_problems(_delete(doc, path))
+    assert checks.auth_options_problems(_set(doc, path, {"mode": "disabled"}))
+    assert checks.auth_options_problems(_set(doc, path, {"mode": "token", "secretName": "elsewhere"}))
+    assert checks.manifest_errors(_set(doc, path, {"mode": "tokens"}))  # the CRD's enum
+
+
+@pytest.mark.parametrize("name", ["raycluster", "rayjob"])
+def test_every_ray_pod_has_a_memory_dev_shm(manifests, name):
+    doc = manifests[name]
+    assert checks.shm_problems(doc) == []
+    no_mount = copy.deepcopy(doc)
+    worker = checks.pod_specs(no_mount)[1][1]
+    worker["containers"][0]["volumeMounts"] = [m for m in worker["containers"][0]["volumeMounts"]
+                                               if m["mountPath"] != "/dev/shm"]
+    assert checks.shm_problems(no_mount) == ["worker group gpu: no memory emptyDir mounted at /dev/shm"]
+    on_disk = copy.deepcopy(doc)
+    for v in checks.pod_specs(on_disk)[0][1]["volumes"]:
+        v.get("emptyDir", {}).pop("medium", None)
+    assert checks.shm_problems(on_disk) == ["head: no memory emptyDir mounted at /dev/shm"]
+
+
+def test_compose_ray_containers_have_shm(compose):
+    assert checks.compose_shm_problems(compose) == []
+    assert checks.compose_shm_problems(_delete(compose, "services.ray-head.shm_size")) == ["ray-head: no shm_size"]
+
+
+DEPLOY_TEXTS = [checks.COMPOSE, checks.DOCKERFILE, checks.MLFLOW_DOCKERFILE, checks.LAUNCHER, checks.RAYCLUSTER,
+                checks.RAYJOB, REPO / "docker" / "ray-node.sh", REPO / "Makefile", REPO / "cluster" / "README.md",
+                REPO / "README.md"]
+
+
+@pytest.mark.parametrize("path", DEPLOY_TEXTS, ids=lambda p: p.name)
+def test_no_ray_client_port_anywhere(path):
+    assert checks.client_port_problems(path.read_text(), path.name) == []
+
+
+def test_client_port_check_rejects_a_broken_copy(compose):
+    text = checks.RAYCLUSTER.read_text().replace("- {containerPort: 8265, name: dashboard}",
+                                                 "- {containerPort: 8265, name: dashboard}\n"
+                                                 "              - {containerPort: 10001, name: client}")
+    assert checks.client_port_problems(text, "raycluster.yaml")
+    assert checks.client_port_problems("ray start --head --ray-client-server-port=10002", "ray-node.sh")
+    assert not checks.client_port_problems("port 100010, 210001", "x")
+
+
+def test_image_carries_the_git_sha_that_git_sha_reads(compose, tmp_path, monkeypatch):
+    text = checks.DOCKERFILE.read_text()
+    assert checks.git_sha_problems(text) == []
+    assert checks.git_sha_problems(text.replace("ENV RAYPIPE_GIT_SHA=${GIT_SHA}", ""))
+    first_stage = text.replace("ARG GIT_SHA=unknown\n", "").replace("ARG VARIANT=gpu", "ARG VARIANT=gpu\nARG GIT_SHA")
+    assert checks.git_sha_problems(first_stage) == ["no ARG GIT_SHA in the final stage"]  # out of scope there
+    assert compose["x-raypipe-image"]["build"]["args"]["GIT_SHA"] == "${RAYPIPE_GIT_SHA:-unknown}"
+    cluster_up = re.search(r"^cluster-up:.*?(?=^\S)", (REPO / "Makefile").read_text(), re.MULTILINE | re.DOTALL)
+    assert "RAYPIPE_GIT_SHA=$$(git rev-parse HEAD" in cluster_up.group(0)
+
+    # An installed copy (no .git, as in the image): git_sha() answers with the variable the image sets.
+    from raypipe.tracking import runs
+
+    installed = tmp_path / "site-packages" / "raypipe" / "tracking" / "runs.py"
+    monkeypatch.setattr(runs, "__file__", str(installed))
+    monkeypatch.delenv("RAYPIPE_GIT_SHA", raising=False)
+    assert runs.git_sha() == "unknown"
+    monkeypatch.setenv("RAYPIPE_GIT_SHA", "0123abc")
+    assert runs.git_sha() == "0123abc"
+    # A tree exported by cluster/export-ref.sh: its REVISION file.
+    installed.parents[2].mkdir(parents=True, exist_ok=True)
+    (installed.parents[2] / "REVISION").write_text("feedbeef\n")
+    assert runs.git_sha() == "feedbeef"
+
+
+def test_aws_nodes_export_the_revision(launcher):
+    rc = " ".join(launcher["setup_commands"])
+    assert "export RAYPIPE_GIT_SHA=$(cat ~/raypipe/REVISION)" in rc
+    assert "REVISION" in (REPO / "cluster" / "export-ref.sh").read_text()
+
+
+WALKTHROUGHS = [REPO / "README.md", REPO / "cluster" / "README.md", REPO / "Makefile", checks.RAYJOB,
+                checks.RAYCLUSTER, checks.COMPOSE, checks.LAUNCHER]
+
+
+@pytest.mark.parametrize("path", WALKTHROUGHS, ids=lambda p: p.name)
+def test_every_job_command_gives_absolute_data(path):
+    assert checks.job_data_problems(path.read_text(), path.name) == []
+
+
+def test_job_commands_are_found_and_the_data_check_fails_without_data(manifests):
+    cluster_readme = (REPO / "cluster" / "README.md").read_text()
+    assert len(checks.job_commands(cluster_readme)) >= 5  # compose demo + real, pipeline, AWS, KubeRay
+    entry = manifests["rayjob"]["spec"]["entrypoint"]
+    assert checks.job_data_problems(entry, "entrypoint") == []
+    assert checks.job_data_problems(entry.replace("--data /shared/demo-data ", ""), "entrypoint")
+    broken = cluster_readme.replace("--preset demo --data /shared/runs/demo-data --storage",
+                                    "--preset demo --storage")
+    assert len(checks.job_data_problems(broken, "README.md")) == 1
+    relative = "ray job submit -- \\\n    python -m raypipe tune --data runs/demo-data --all"
+    assert checks.job_data_problems(relative, "x")
