@@ -1,6 +1,6 @@
 """Text boxes for an image at inference, found where users keep them, read as training reads them.
 
-Training masks the YOLO class-8 (text) boxes that ``data/sources.py`` finds; a champion trained on
+Training masks the YOLO class-8 (text) boxes that ``data/sources/`` finds; a champion trained on
 masked films must see masked films in production too, or it meets the very burned-in markers that
 masking hid from it. ``predict`` looks, in this order:
 
@@ -10,8 +10,8 @@ masking hid from it. ``predict`` looks, in this order:
    ``<base>/labels/<stem>.txt``, where ``<base>`` holds the image's ``images*`` folder (or the image).
 
 The first place that has the image's boxes answers (a label file whose lines hold no text box
-answers "no text boxes"). Label files are parsed by ``sources.parse_yolo`` (its one-line errors name
-file, line and field) and filtered to ``sources.TEXT_CLASS``, as training does.
+answers "no text boxes"). Label files are parsed by ``sources.common.parse_yolo`` (its one-line errors name
+file, line and field) and filtered to ``sources.grazpedwri.TEXT_CLASS``, as training does.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raypipe.data.manifest import format_boxes, parse_boxes
-from raypipe.data.sources import TEXT_CLASS, parse_yolo
+from raypipe.data.sources.common import parse_yolo
+from raypipe.data.sources.grazpedwri import TEXT_CLASS
 from raypipe.errors import InputError
 
-# Where GRAZPEDWRI-DX keeps its YOLO labels, relative to the folder holding images_part*/ (sources.py).
+# Where GRAZPEDWRI-DX keeps its YOLO labels, relative to the folder holding images_part*/ (as
+# data/sources/grazpedwri.py looks for them).
 GRAZ_LABEL_DIRS = (Path("folder_structure", "yolov5", "labels"), Path("labels"))
 
 
