@@ -313,45 +313,34 @@ def promote_cmd(
 def predict_cmd(
     images: Annotated[list[Path] | None, typer.Argument(help="Image files (PNG, JPEG, DICOM).")] = None,
     csv: Annotated[Path | None, typer.Option(help="Batch mode: a CSV with column 'image' (and optional "
-                                             "'age', 'projection').")] = None,
+                                             "'age', 'projection', 'text_boxes').")] = None,
+    labels: Annotated[Path | None, typer.Option(help="YOLO labels folder (<image stem>.txt): its text boxes "
+                                                "are masked as in training.")] = None,
     age: Annotated[float | None, typer.Option(help="Age in years (else the age champion decides).")] = None,
     projection: Annotated[str | None, typer.Option(help="AP | Lat (else DICOM header or file name).")] = None,
     out: Annotated[Path, typer.Option(help="Where the Grad-CAM overlays and predictions.jsonl go.")] = Path("predictions"),
     run_dir: RunDir = DEFAULT_RUN_DIR,
     experiment: Annotated[str, typer.Option(help="MLflow experiment whose champions serve.")] = "demo",
 ) -> None:
-    """Route each image to its champion: fracture probability, decision, Grad-CAM overlay; JSON lines out."""
+    """Route each image to its champion: fracture probability, decision, Grad-CAM overlay; JSON lines out.
+
+    Text boxes (masked when the champion was trained with masking) come from the CSV's text_boxes
+    column, else --labels, else the GRAZPEDWRI-DX layout around the image."""
     import json
 
     from mlflow.tracking import MlflowClient
 
     from raypipe import fsio
-    from raypipe.ship.predict import predict_images
+    from raypipe.ship.predict import Job, csv_jobs, predict_images
     from raypipe.tracking.runs import tracking_uri
 
-    jobs = [(Path(p), age, projection) for p in images or []]
-    if csv is not None:
-        import pandas as pd
-
-        if not csv.is_file():
-            raise InputError(csv, "file not found")
-        frame = pd.read_csv(csv)
-        if "image" not in frame:
-            raise InputError(csv, "missing column", field="image")
-        for row_no, row in enumerate(frame.to_dict("records"), start=2):
-            value = row.get("age")
-            try:
-                row_age = None if value is None or pd.isna(value) else float(value)
-            except (TypeError, ValueError):
-                raise InputError(csv, f"age {value!r} is not a number", row=row_no, field="age") from None
-            row_proj = row.get("projection") if isinstance(row.get("projection"), str) else None
-            jobs.append((csv.parent / str(row["image"]), row_age, row_proj or projection))
+    if labels is not None and not labels.is_dir():
+        raise InputError(labels, "no such labels folder", field="--labels")
+    jobs = [Job(Path(p), age, projection) for p in images or []] + (csv_jobs(csv, age, projection) if csv else [])
     if not jobs:
         raise InputError("command line", "give image files or --csv")
-    client = MlflowClient(tracking_uri(run_dir))
-    rows = []
-    for path, row_age, row_proj in jobs:
-        rows += predict_images(client, experiment, [path], out, row_age, row_proj)
+    rows = predict_images(MlflowClient(tracking_uri(run_dir)), experiment, jobs, out, labels,
+                          warn=lambda line: err_console.print(line, markup=False, soft_wrap=True))
     for row in rows:
         console.print(json.dumps(row), markup=False, soft_wrap=True)
     fsio.write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

@@ -40,22 +40,30 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _DICOM_HINT = "DICOM support is not installed: pip install raypipe[dicom]"
 
 
-def read_image(path: str | Path, exclude: Sequence[Box] | str = ()) -> np.ndarray:
+# An image is a file path, or the file's bytes (a served model gets bytes, never a path to read).
+ImageSource = str | Path | bytes
+
+
+def read_image(source: ImageSource, exclude: Sequence[Box] | str = (), name: str = "image bytes") -> np.ndarray:
     """Read any supported image as a 2-D float32 array in [0, 1] (grayscale, bright = dense).
 
-    ``exclude``: boxes (normalised YOLO ``cx cy w h``, dilated as in ``mask_text``) whose pixels do
-    not count when the intensity window is chosen, so a masked marker leaves no trace in the
-    contrast of the rest of the image either.
+    ``source``: a path, or the bytes of an image file (``name`` then stands for it in errors; the
+    format comes from the content). ``exclude``: boxes (normalised YOLO ``cx cy w h``, dilated as in
+    ``mask_text``) whose pixels do not count when the intensity window is chosen, so a masked marker
+    leaves no trace in the contrast of the rest of the image either.
     """
-    path = Path(path)
     if isinstance(exclude, str):
         exclude = parse_boxes(exclude)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "image file not found") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read image: {exc.strerror or exc}") from None
+    if isinstance(source, bytes | bytearray):
+        data, path = bytes(source), Path(name)
+    else:
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(path, "image file not found") from None
+        except OSError as exc:
+            raise InputError(path, f"cannot read image: {exc.strerror or exc}") from None
     if not data:
         raise InputError(path, "image file is empty (0 bytes)")
     if path.suffix.lower() in (".dcm", ".dicom") or data[128:132] == b"DICM":
@@ -284,7 +292,7 @@ def letterbox(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def read_masked(path: str | Path, boxes_text: str | Sequence[Box], masking: str) -> np.ndarray:
+def read_masked(path: ImageSource, boxes_text: str | Sequence[Box], masking: str, name: str = "image bytes") -> np.ndarray:
     """Decode with the window chosen outside the boxes, then mask them (float [0, 1], full size).
 
     ``off`` is the untouched image: markers stay and take part in the window, as before masking existed.
@@ -292,10 +300,11 @@ def read_masked(path: str | Path, boxes_text: str | Sequence[Box], masking: str)
     if masking not in MASKING_MODES:
         raise ValueError(f"unknown masking mode {masking!r} (expected one of {', '.join(MASKING_MODES)})")
     boxes = parse_boxes(boxes_text) if isinstance(boxes_text, str) else list(boxes_text)
-    img = read_image(path, exclude=boxes if masking != "off" else ())
+    img = read_image(path, exclude=boxes if masking != "off" else (), name=name)
     return mask_text(img, boxes, masking)
 
 
-def prepare(path: str | Path, boxes_text: str | Sequence[Box], size: int, masking: str) -> np.ndarray:
+def prepare(path: ImageSource, boxes_text: str | Sequence[Box], size: int, masking: str,
+            name: str = "image bytes") -> np.ndarray:
     """The whole chain the cache runs once per image: decode -> mask text -> letterbox (uint8)."""
-    return letterbox(read_masked(path, boxes_text, masking), size)
+    return letterbox(read_masked(path, boxes_text, masking, name), size)

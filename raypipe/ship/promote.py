@@ -38,11 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
 
-import raypipe
 from raypipe import faults
 from raypipe.config import TrainConfig, from_dict
 from raypipe.data.dataset import CachedImageDataset
@@ -52,15 +49,12 @@ from raypipe.errors import InputError
 from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
-from raypipe.ship import selection
+from raypipe.ship import packaging, selection
 from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-# Inputs: image paths, optional YOLO text boxes (masked as in training when given).
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image"), ColSpec("string", "text_boxes", required=False)]))
-PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
 
 
 @dataclass
@@ -299,7 +293,7 @@ def _predict(model: torch.nn.Module, cache, rows: np.ndarray, n_classes: int) ->
 
 
 def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str):
-    """Log the pyfunc (code + safetensors + spec) in the promote run and register a new version."""
+    """Log the pyfunc (raypipe's code + safetensors + spec) in the promote run and register a new version."""
     spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()) | {"threshold": threshold}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -309,11 +303,10 @@ def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str
         spec_path.write_text(json.dumps(spec, indent=2))
         mlflow.start_run(run_id=run_id)
         try:
+            # raypipe's code travels in the model (ship/packaging.py): its requirements never name raypipe
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_SOURCE),
-                artifacts={"weights": str(Path(ckpt_dir) / checkpoint.MODEL_FILE), "spec": str(spec_path)},
-                pip_requirements=[f"raypipe=={raypipe.__version__}"], registered_model_name=name,
-                signature=SIGNATURE)
+                name="model", registered_model_name=name,
+                **packaging.pyfunc_arguments(Path(ckpt_dir) / checkpoint.MODEL_FILE, spec_path))
         finally:
             # Not a `with` block: leaving one marks the run FINISHED, and the promotion is not finished
             # until the alias is decided (a kill in between must leave the run RUNNING, then FAILED).

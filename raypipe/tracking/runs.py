@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -56,6 +57,27 @@ def _check_server(uri: str) -> None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise InputError("MLFLOW_TRACKING_URI", f"no MLflow server answers at {uri}: {reason}") from None
+
+
+# What can carry a patient identifier in error text (GRAZPEDWRI-DX file names start with the patient
+# id, MURA folders are named patientNNNNN): anything path-like (a separator in it), a file name with an
+# extension, and any word holding a run of 4+ digits (ids, time hashes, file stems without extension).
+# A decimal's fraction (0.0001) is a number, not an id.
+_PATHLIKE = re.compile(r"""(?:[A-Za-z]:)?[^\s'"`()\[\]{}<>,;=:]*[/\\][^\s'"`()\[\]{}<>,;:]*""")
+_FILENAME = re.compile(r"[\w.\-]+\.(?:png|jpe?g|tiff?|bmp|dcm|dicom|jp2|txt|csv|json|ya?ml|npz|npy|pt|pth"
+                       r"|safetensors|log|u8|pkl|parquet)\b", re.IGNORECASE)
+_DIGIT_RUN = re.compile(r"(?<![\w.])\w*\d{4,}[\w\-]*")
+
+
+def scrub(text: str) -> str:
+    """``text`` without paths, file names and identifier-like words: safe for an MLflow tag.
+
+    Error text goes to MLflow (``raypipe.error`` on a FAILED trial run), where no patient identifier
+    may go; each such part becomes ``<path>``, ``<file>`` or ``<id>``, the rest of the message stays.
+    """
+    text = _PATHLIKE.sub("<path>", text)
+    text = _FILENAME.sub("<file>", text)
+    return _DIGIT_RUN.sub("<id>", text)
 
 
 def ui_hint(uri: str) -> str:

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from raypipe.tracking.runs import scrub
 from raypipe.tune.state import StudyState, trial_number
 
 TERMINAL = {RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)}
@@ -120,7 +121,7 @@ class StudyLogger(tune.Callback):
         pruned = status == "KILLED"
         tags = {"raypipe.pruned": str(pruned).lower()}
         if error:
-            tags["raypipe.error"] = error[:500]
+            tags["raypipe.error"] = scrub(error)[:500]  # no paths: file names carry patient ids
         # best_<monitor> needs no writing here: the loop reports its running best every epoch.
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)

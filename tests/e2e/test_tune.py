@@ -228,9 +228,9 @@ def test_promote_decides_out_of_fold_and_registers_a_champion_loadable_from_a_fr
     assert again.returncode == 0 and "-> challenger" in again.stdout, again.stdout + again.stderr
 
     images = sorted(str(p) for p in shortcut_data.glob("images_part*/*.png"))[:3]
-    script = ("import json, sys, mlflow, pandas as pd\n"
+    script = ("import json, sys, mlflow, pandas as pd\n"  # bytes, as a served model gets them (paths: no)
               "model = mlflow.pyfunc.load_model('models:/e2e.fracture@champion')\n"
-              "out = model.predict(pd.DataFrame({'image': sys.argv[1:]}))\n"
+              "out = model.predict(pd.DataFrame({'image_bytes': [open(p, 'rb').read() for p in sys.argv[1:]]}))\n"
               "print(json.dumps(out.to_dict(orient='records')))\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}"}
     loaded = subprocess.run([sys.executable, "-c", script, *images], capture_output=True, text=True, env=env,
