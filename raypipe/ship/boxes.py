@@ -21,12 +21,9 @@ from pathlib import Path
 
 from raypipe.data.manifest import format_boxes, parse_boxes
 from raypipe.data.sources.common import parse_yolo
+from raypipe.data.sources.grazpedwri import LABEL_DIRS as GRAZ_LABEL_DIRS
 from raypipe.data.sources.grazpedwri import TEXT_CLASS
 from raypipe.errors import InputError
-
-# Where GRAZPEDWRI-DX keeps its YOLO labels, relative to the folder holding images_part*/ (as
-# data/sources/grazpedwri.py looks for them).
-GRAZ_LABEL_DIRS = (Path("folder_structure", "yolov5", "labels"), Path("labels"))
 
 
 @dataclass(frozen=True)

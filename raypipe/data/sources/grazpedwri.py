@@ -28,6 +28,8 @@ GRAZ_REQUIRED = ("filestem", "patient_id", "study_number", "gender", "age", "pro
                  "fracture_visible", "metal")
 GRAZ_FLAGS = ("initial_exam", "cast", "diagnosis_uncertain", "osteopenia", "fracture_visible", "metal")
 TEXT_CLASS = 8  # GRAZPEDWRI-DX class 8 = "text" (burnt-in markers, a shortcut risk)
+# Where the YOLO labels live, relative to the folder holding images_part*/ (predict looks there too).
+LABEL_DIRS = (Path("folder_structure", "yolov5", "labels"), Path("labels"))
 
 
 def _graz_csv(root: Path) -> Path:
@@ -72,8 +74,7 @@ def load_grazpedwri(root: Path) -> pd.DataFrame:
           "no image file for filestem {value!r} (looked in images_part*/, images/ and beside the CSV)")
     check_images(df, paths, csv, "filestem")
 
-    label_dirs = [base / "folder_structure" / "yolov5" / "labels", base / "labels"]
-    labels = index_files([d for d in label_dirs if d.is_dir()], (".txt",))
+    labels = index_files([base / d for d in LABEL_DIRS if (base / d).is_dir()], (".txt",))
     text_boxes = [
         manifest.format_boxes([b for c, b in parse_yolo(labels[s]) if c == TEXT_CLASS]) if s in labels else ""
         for s in df["filestem"]
