@@ -13,10 +13,12 @@ from rich.table import Table
 from raypipe.config import (
     TrainConfig,
     check_value,
+    default_experiment,
     from_dict,
     load_preset,
-    load_train_config,
+    load_run_config,
     parse_yaml,
+    resources_for,
     to_dict,
 )
 from raypipe.console import console, err_console, progress_bar
@@ -102,22 +104,20 @@ def data_cache(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "
 
 
 def _resolve_inputs(preset: str | None, config: Path | None, data: Path | None, target: str | None):
-    """Preset (synthesising its data when absent) or config file -> (base config, data, target, preset)."""
-    chosen = None
-    if preset:
-        chosen = load_preset(preset)
-        base = chosen.train
+    """Preset or config file -> (pipeline config, data, target, whether it was a whole pipeline config). A
+    preset or pipeline config names its data (synthesised when absent, from its ``synth:`` block) and target."""
+    chosen, whole = load_run_config(preset, config)
+    if whole:
         data = data or Path(chosen.data)
         target = target or chosen.target
         if not data.exists():
             data_synth(data, **chosen.synth)
-    else:
-        base = load_train_config(config)
-    return base, data, target, chosen
+    return chosen, data, target, whole
 
 
 Preset_ = Annotated[str | None, typer.Option("--preset", help="Packaged preset, e.g. 'demo' (synthesises its data).")]
-Config = Annotated[Path | None, typer.Option("--config", help="Train config YAML (keys of TrainConfig).")]
+Config = Annotated[Path | None, typer.Option("--config", help="Pipeline config YAML (the preset format) or a "
+                                             "train config (keys of TrainConfig); its name is the experiment's.")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set lr=3e-4")]
 Data = Annotated[Path | None, typer.Option("--data", help="Data set folder (or CSV).")]
 
@@ -132,13 +132,15 @@ def train(
     epochs: int | None = None,
     set_: Sets = None,
     run_dir: RunDir = DEFAULT_RUN_DIR,
-    experiment: str = "raypipe",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the preset or config "
+                                                   "name, else raypipe).")] = None,
     source: Source = "auto",
 ) -> None:
     """Train one target and record it as an MLflow run."""
     overrides = _overrides(set_) | {k: v for k, v in {"workers": workers, "epochs": epochs}.items() if v is not None}
-    base, data, target, _ = _resolve_inputs(preset, config, data, target)
-    cfg = from_dict(TrainConfig, {**to_dict(base), **overrides}, f"preset {preset}" if preset else config or "--set")
+    chosen, data, target, _ = _resolve_inputs(preset, config, data, target)
+    cfg = from_dict(TrainConfig, {**to_dict(chosen.train), **overrides}, f"preset {preset}" if preset else config or "--set")
+    experiment = experiment or default_experiment(preset, config)
     if data is None or target is None:
         raise InputError("command line", "--data and --target are required (or --preset)")
 
@@ -167,9 +169,11 @@ def tune(
     space: Annotated[str | None, typer.Option(help="Search space YAML for every target (default: "
                                               "search_spaces/age.yaml or fracture.yaml by target).")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials per target.")] = None,
-    workers_per_trial: Annotated[int, typer.Option(help="1 = in-process trial; >1 = TorchTrainer DDP per trial.")] = 1,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions share a GPU.")] = 0.0,
-    cpus_per_worker: float = 1.0,
+    workers_per_trial: Annotated[int | None, typer.Option(help="1 = in-process trial; >1 = TorchTrainer DDP per "
+                                                          "trial (default: the config's resources, else 1).")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; fractions share a GPU (default: "
+                                                         "the config's resources, else 0).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="Default: the config's resources, else 1.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Trials per study at once (default: what the "
                                                        "cluster's CPUs allow).")] = None,
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
@@ -200,18 +204,20 @@ def tune(
     """Tune one study per target (Optuna TPE + ASHA on Ray Tune by default); every trial is an MLflow child run."""
     from raypipe.tune.spaces import read_space
 
-    base, data, _, chosen = _resolve_inputs(preset, config, data, None)
+    chosen, data, _, _ = _resolve_inputs(preset, config, data, None)
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
-    plan_defaults = chosen.tune if chosen else None
-    targets = ["all"] if all_targets else (target or (plan_defaults.targets if plan_defaults else ["all"]))
+    base, plan_defaults = chosen.train, chosen.tune
+    targets = ["all"] if all_targets else (target or plan_defaults.targets)
     overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
     # Cheap checks first: a bad space or --set fails in a second, before Ray, MLflow and torch load.
     from_dict(TrainConfig, {**to_dict(base), **overrides}, "--set")
-    if space or (plan_defaults and plan_defaults.space):
+    if space or plan_defaults.space:
         read_space(space or plan_defaults.space)
     given = {"searcher": searcher, "scheduler": scheduler, "epoch_budget": epoch_budget, "grace_period": grace_period,
-             "reduction_factor": reduction_factor, "startup_trials": startup_trials}
+             "reduction_factor": reduction_factor, "startup_trials": startup_trials,
+             "workers_per_trial": workers_per_trial, "gpus_per_trial": gpus_per_trial,
+             "cpus_per_worker": cpus_per_worker}
     for name, value in given.items():
         if value is not None and (why := check_value(name, value)):
             raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
@@ -220,15 +226,15 @@ def tune(
     from raypipe.tune.progress import ProgressBoard
 
     options = studies_mod.TuneOptions.from_plan(
-        plan_defaults, trials=trials, workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial,
+        plan_defaults, chosen.resources, trials=trials, workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=seed, resume=resume, verbose=verbose,
         storage=storage, searcher=searcher, scheduler=scheduler, epoch_budget=epoch_budget,
         grace_period=grace_period, reduction_factor=reduction_factor, startup_trials=startup_trials)
-    experiment = experiment or preset or (config.stem if config else "raypipe")
-    space = space or (plan_defaults.space if plan_defaults else None)
+    experiment = experiment or default_experiment(preset, config)
+    space = space or plan_defaults.space
     with progress_bar("decoding images into the cache") as progress:
         planned = studies_mod.plan(data, list(targets), space, base, overrides, run_dir, experiment, options,
-                                   source, progress, per_target=plan_defaults.per_target if plan_defaults else None)
+                                   source, progress, per_target=plan_defaults.per_target)
     console.print(f"{'resuming' if resume else 'tuning'} {len(planned)} target(s), {options.trials} trials each: "
                   + ", ".join(s.target.name for s in planned))
     with ProgressBoard(console) as board:
@@ -245,9 +251,7 @@ def tune(
     for o in outcomes:
         params = ", ".join(f"{k}={_short(v)}" for k, v in o.best_params.items())
         console.print(f"{o.target} best: {params or '-'}", soft_wrap=True)
-    from raypipe.tracking.runs import tracking_uri, ui_hint
-
-    console.print(ui_hint(tracking_uri(run_dir)))
+    _runs_view(run_dir, experiment)
     console.print(f"Optuna studies: optuna-dashboard {planned[0].optuna_storage}")
     failed = [o.target for o in outcomes if o.best_trial is None]
     if failed:
@@ -261,38 +265,49 @@ def promote_cmd(
     target: Annotated[list[str], typer.Option(help="Target(s) whose latest study to promote.")],
     data: Data = None,
     preset: Preset_ = None,
-    margin: Annotated[float, typer.Option(help="Out-of-fold metric gain (lower bound of its paired CI) "
-                                          "needed to replace the champion.")] = 0.0,
+    config: Config = None,
+    margin: Annotated[float | None, typer.Option(help="Out-of-fold metric gain (lower bound of its paired CI) "
+                                                 "needed to replace the champion (default: promote.margin, 0).")] = None,
     rollback: Annotated[bool, typer.Option(help="Move `champion` back to the version it replaced.")] = False,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for the CIs.")] = 1000,
-    folds: Annotated[int, typer.Option(help="Patient-grouped folds of train+val whose out-of-fold scores "
-                                       "decide the champion and set the threshold.")] = 3,
+    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples (by patient) for the CIs (default: "
+                                                  "promote.bootstrap, 1000).")] = None,
+    folds: Annotated[int | None, typer.Option(help="Patient-grouped folds of train+val whose out-of-fold scores "
+                                              "decide the champion and set the threshold (default: promote.folds, "
+                                              "3).")] = None,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment of the studies (default: the "
-                                                   "preset name).")] = None,
+                                                   "preset or config name, else raypipe).")] = None,
     source: Source = "auto",
-    shortcut_tolerance: Annotated[float, typer.Option(
-        help="Flag a model whose test AUROC moves by more than this when mask places are shuffled.")] = 0.02,
+    shortcut_tolerance: Annotated[float | None, typer.Option(
+        help="Flag a model whose test AUROC moves by more than this when mask places are shuffled (default: "
+             "promote.shortcut_tolerance, 0.02).")] = None,
 ) -> None:
-    """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins."""
+    """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins.
+    The retrain asks for the config's resources (a pipeline config), else what the study's trials had."""
     from mlflow.tracking import MlflowClient
 
     from raypipe.ship import promote as ship
     from raypipe.tracking.runs import tracking_uri
 
-    experiment = experiment or preset or "raypipe"
+    experiment = experiment or default_experiment(preset, config)
     if rollback:
         client = MlflowClient(tracking_uri(run_dir))
         for spec in target:
             name = ship.model_name(experiment, spec)
             console.print(f"{name}: champion is v{ship.rollback(client, name, run_dir)} again")
         return
-    _, data, _, _ = _resolve_inputs(preset, None, data, None)
+    chosen, data, _, whole = _resolve_inputs(preset, config, data, None)
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
+    plan = chosen.promote
+    _check_options(margin=margin, bootstrap=bootstrap, folds=folds)
     for spec in target:
-        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap, folds, shortcut_tolerance)
+        resources = resources_for(chosen.resources, chosen.tune.per_target, spec) if whole else None
+        p = ship.promote(data, spec, run_dir, experiment, plan.margin if margin is None else margin, source,
+                         plan.bootstrap if bootstrap is None else bootstrap, plan.folds if folds is None else folds,
+                         plan.shortcut_tolerance if shortcut_tolerance is None else shortcut_tolerance, resources)
         console.print(ship.summary(p), soft_wrap=True)
+    _runs_view(run_dir, experiment)
 
 
 @app.command("predict")
@@ -304,7 +319,11 @@ def predict_cmd(
     projection: Annotated[str | None, typer.Option(help="AP | Lat (else DICOM header or file name).")] = None,
     out: Annotated[Path, typer.Option(help="Where the Grad-CAM overlays and predictions.jsonl go.")] = Path("predictions"),
     run_dir: RunDir = DEFAULT_RUN_DIR,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment whose champions serve.")] = "demo",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment whose champions serve (default: "
+                                                   "the preset or config name, else raypipe).")] = None,
+    preset: Preset_ = None,
+    config: Annotated[Path | None, typer.Option(help="The pipeline or train config the champions were tuned "
+                                                "with: its name is the experiment's.")] = None,
 ) -> None:
     """Route each image to its champion: fracture probability, decision, Grad-CAM overlay; JSON lines out."""
     import json
@@ -315,6 +334,7 @@ def predict_cmd(
     from raypipe.ship.predict import predict_images
     from raypipe.tracking.runs import tracking_uri
 
+    experiment = experiment or default_experiment(preset, config)
     jobs = [(Path(p), age, projection) for p in images or []]
     if csv is not None:
         import pandas as pd
@@ -364,17 +384,21 @@ def pipeline_run(
     data = data or Path(chosen.data)
     if not data.exists():
         data_synth(data, **chosen.synth)
-    experiment = preset or Path(name).stem
+    experiment = default_experiment(preset, config)
     with ProgressBoard(console) as board:
         run_pipeline(chosen, experiment, data, run_dir, source, say=lambda line: console.print(line, markup=False),
                      on_tick=board.update, storage=storage)
+    _runs_view(run_dir, experiment)
 
 
 @app.command("report")
 def report_cmd(
-    experiment: Annotated[str, typer.Option(help="MLflow experiment (the pipeline config's name).")] = "demo",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the preset or config "
+                                                   "name, else raypipe).")] = None,
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
     run_dir: RunDir = DEFAULT_RUN_DIR,
+    preset: Preset_ = None,
+    config: Config = None,
 ) -> None:
     """One self-contained HTML page: test metrics with CIs, curves, calibration, tuning summary."""
     from mlflow.tracking import MlflowClient
@@ -382,7 +406,23 @@ def report_cmd(
     from raypipe import report
     from raypipe.tracking.runs import tracking_uri
 
+    experiment = experiment or default_experiment(preset, config)
     console.print(f"wrote {report.build(MlflowClient(tracking_uri(run_dir)), experiment, out)}")
+
+
+def _runs_view(run_dir: Path, experiment: str) -> None:
+    """Print how to open the MLflow UI and the direct address of the experiment's runs: MLflow 3's UI opens
+    an experiment on its GenAI overview otherwise (choose "Model training" there)."""
+    from mlflow.tracking import MlflowClient
+
+    from raypipe.tracking.runs import tracking_uri, ui_hint
+
+    uri = tracking_uri(run_dir)
+    console.print(ui_hint(uri), soft_wrap=True)
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    if exp is not None:
+        base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        console.print(f"runs of '{experiment}': {base}/#/experiments/{exp.experiment_id}/runs", soft_wrap=True)
 
 
 def _short(value) -> str:

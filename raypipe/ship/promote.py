@@ -44,7 +44,7 @@ from mlflow.types import ColSpec, Schema
 
 import raypipe
 from raypipe import faults
-from raypipe.config import TrainConfig, from_dict
+from raypipe.config import RESOURCE_KEYS, Resources, TrainConfig, from_dict
 from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
@@ -109,7 +109,10 @@ def best_of_study(client: MlflowClient, exp_id: str, target: str) -> dict[str, A
     return {"study_run_id": study.info.run_id, "study": study.data.tags["raypipe.study"], "monitor": monitor,
             "trial_run_id": best["run_id"], "trial_id": best["trial_id"], "config": best["config"],
             "epochs": int(peak.step), "lr_by_epoch": [lr[e] for e in range(1, int(peak.step) + 1) if e in lr],
-            "split_hash": study.data.tags["raypipe.split_hash"]}
+            "split_hash": study.data.tags["raypipe.split_hash"],
+            # what the study's trials ran on: a retrain asks for the same unless told otherwise
+            "resources": from_dict(Resources, {k: float(v) if "." in v else int(v) for k, v in study.data.params.items()
+                                               if k in RESOURCE_KEYS}, f"study {study.data.tags['raypipe.study']}")}
 
 
 def replay_config(best: dict[str, Any]) -> TrainConfig:
@@ -125,13 +128,18 @@ def replay_config(best: dict[str, Any]) -> TrainConfig:
 
 # ----------------------------------------------------------------------------------- promote
 def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin: float = 0.0,
-            source: str = "auto", n_boot: int = 1000, folds: int = 3, shortcut_tolerance: float = 0.02) -> Promotion:
+            source: str = "auto", n_boot: int = 1000, folds: int = 3, shortcut_tolerance: float = 0.02,
+            resources: Resources | None = None) -> Promotion:
+    """``resources``: what the cross-fit and the retrain ask for (None = what the study's trials had)."""
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
     client = MlflowClient(uri)
     exp_id = experiment_id(client, experiment, run_dir)
     best = best_of_study(client, exp_id, target_spec)
-    cfg = replay_config(best)
+    res = resources or best["resources"]
+    launch.check_gpus(res.gpus_per_trial)
+    cfg = dataclasses.replace(replay_config(best), workers=res.workers_per_trial, use_gpu=res.gpus_per_trial > 0)
+    fit_resources = {"cpus_per_worker": res.cpus_per_worker, "gpus_per_worker": res.gpus_per_trial / res.workers_per_trial}
     prepared = prepare(data, cfg, run_dir, source)
     if prepared.split_hash != best["split_hash"]:
         raise InputError(f"target {target_spec}", "the data split changed since the study; tune again")
@@ -163,8 +171,11 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     run_id = run.info.run_id
     try:
         out_dir = run_dir / "promote" / run_id
-        evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot)
-        result = launch.fit(job, out_dir / "final", run_dir / "ray", name=f"promote-{run_id}", keep="last")
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in res.__dict__.items()])
+        evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot, fit_resources)
+        result = launch.fit(job, out_dir / "final", run_dir / "ray", name=f"promote-{run_id}", keep="last",
+                            **fit_resources)
+        client.log_metric(run_id, "retrain_world_size", result.world_size)  # as the loop saw it
         faults.point("promote:trained")
         model = _load(result.checkpoint)
         scores = _predict(model, job.cache, test_rows, job.n_classes)
@@ -223,7 +234,7 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
 
 
 def _cross_fit(job, groups: np.ndarray, folds: int, out_dir: Path, run_dir: Path, run_id: str,
-               n_boot: int) -> selection.Selection:
+               n_boot: int, fit_resources: dict[str, float]) -> selection.Selection:
     """Out-of-fold scores of the recipe over train+val (``job.train_rows``), as selection evidence."""
     rows, y = job.train_rows, job.train_labels
 
@@ -231,7 +242,7 @@ def _cross_fit(job, groups: np.ndarray, folds: int, out_dir: Path, run_dir: Path
         fold_job = dataclasses.replace(job, train_rows=rows[train_idx], train_labels=y[train_idx],
                                        val_rows=rows[held_idx], val_labels=y[held_idx])
         result = launch.fit(fold_job, out_dir / "folds" / str(fold), run_dir / "ray",
-                            name=f"promote-{run_id}-fold{fold}", keep="last")
+                            name=f"promote-{run_id}-fold{fold}", keep="last", **fit_resources)
         return checkpoint.read_predictions(result.checkpoint)["scores"]  # the held-out rows, in order
 
     oof = selection.cross_fit(rows, y, groups, folds, job.cfg.seed, score_fold)

@@ -34,6 +34,7 @@ class TrainResult:
     checkpoint: Path  # the kept epoch's checkpoint, a local directory (see checkpoint.py)
     best_epoch: int
     epochs_run: int
+    world_size: int = 1  # as the loop reported it: the number of DDP ranks that trained
 
 
 # Object stores Ray reaches through pyarrow.fs; anything else with a scheme is a typo.
@@ -166,6 +167,18 @@ def init_ray() -> None:
                  _node_ip_address="127.0.0.1")
 
 
+def check_gpus(per_trial: float) -> None:
+    """Refuse, before any trial or retrain starts, GPU settings the Ray cluster cannot place (a trial
+    asking for a GPU on a CPU-only cluster would wait PENDING forever)."""
+    if per_trial <= 0:
+        return
+    init_ray()
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if have < per_trial:
+        raise InputError("resources.gpus_per_trial", f"asks for {per_trial:g} GPU(s) per trial but the Ray cluster "
+                         f"has {have:g}; set gpus_per_trial: 0 (or --gpus-per-trial 0) to train on CPUs")
+
+
 def _stay_on_loopback() -> None:
     """Keep a single-machine cluster on 127.0.0.1.
 
@@ -245,7 +258,7 @@ def release_placement_group(key: str) -> None:
 
 
 def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: ReportFn | None = None,
-        cpus_per_worker: float = 1.0, keep: str = "best") -> TrainResult:
+        cpus_per_worker: float = 1.0, keep: str = "best", gpus_per_worker: float = 1.0) -> TrainResult:
     """Train ``job`` with ``job.cfg.workers`` workers; return the best (or, ``keep="last"``, the last)
     epoch's checkpoint as a local dir. Promotion keeps the last: its validation data is trained on."""
     cfg = job.cfg
@@ -255,11 +268,12 @@ def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: 
         kept = (session.best if keep == "best" else None) or session.latest_checkpoint()
         if kept is None:
             raise RuntimeError("training produced no checkpoint")
-        return TrainResult(kept, int(state["best_epoch"]), int(state["epoch"]))
+        return TrainResult(kept, int(state["best_epoch"]), int(state["epoch"]),
+                           int(state["metrics"].get("world_size", 1)))
 
     init_ray()
     trainer = torch_trainer(job, name, storage_path, [_ForwardReports(on_report)] if on_report else [],
-                            cpus_per_worker)
+                            cpus_per_worker, gpus_per_worker)
     try:
         result = trainer.fit()
     finally:  # a worker killed mid-report leaves its staging folder; the run is over now
@@ -276,4 +290,5 @@ def fit(job: TrainJob, out_dir: Path, storage_path: Path, name: str, on_report: 
     local = Path(out_dir) / "checkpoints" / "best"
     with fsio.atomic_dir(local) as tmp:  # a crash mid-copy keeps the previous best whole
         best_ckpt.to_directory(str(tmp))
-    return TrainResult(local, int(best_metrics.get("epoch", 0)), int(result.metrics.get("epoch", 0)))
+    return TrainResult(local, int(best_metrics.get("epoch", 0)), int(result.metrics.get("epoch", 0)),
+                       int(result.metrics.get("world_size", cfg.workers)))

@@ -119,7 +119,9 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
         kill_point = f"train:rank{session.rank}@{epoch}"
         fault = functools.partial(faults.point, kill_point, FAULT_DELAY_S) if faults.armed(kill_point) else None
         train_loss = _train_epoch(model, train_loader, criterion, optimizer, cfg.grad_clip, amp, device, world, fault)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+        # world_size: how many DDP ranks trained this epoch, so a run shows it really ran distributed
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+                                   "world_size": world}
         if resumed is not None:
             metrics["resumed_from_epoch"], resumed = resumed, None
         ckpt_dir = None

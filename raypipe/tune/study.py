@@ -41,7 +41,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from raypipe.config import TrainConfig, from_dict, to_dict
+from raypipe.config import Resources, TrainConfig, check_per_target, from_dict, settings_for, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
 from raypipe.data.targets import Target, all_targets, parse_target
 from raypipe.errors import InputError
@@ -77,6 +77,7 @@ class Study:
     storage: Storage
     journal_dir: Path  # where the Optuna journal lives (absolute, on the driver)
     round: int
+    resources: Resources = field(default_factory=Resources)  # what each trial asks for
     state: StudyState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,8 +119,7 @@ class Study:
     def record(self, options: TuneOptions) -> dict[str, Any]:
         return {"target": self.target.name, "space": str(self.space.path), "space_sha256": self.space.sha256,
                 "data_hash": self.data_hash, "split_hash": self.split_hash, "trials": options.trials,
-                "workers_per_trial": options.workers_per_trial, "gpus_per_trial": options.gpus_per_trial,
-                "seed": options.seed, "optuna_study": self.optuna_name, "config": to_dict(self.cfg)}
+                **to_dict(self.resources), "seed": options.seed, "optuna_study": self.optuna_name, "config": to_dict(self.cfg)}
 
 
 @dataclass
@@ -148,17 +148,16 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
     gives targets under a spec prefix their own train settings (backbone, image size...) and space."""
     if options.trials < 1:
         raise InputError("--trials", f"must be at least 1, got {options.trials}")
-    if options.workers_per_trial < 1 or options.gpus_per_trial < 0:
-        raise InputError("--workers-per-trial", "needs W >= 1 and G >= 0")
-    resources = {"workers": options.workers_per_trial, "use_gpu": options.gpus_per_trial > 0}
     storage = Storage.resolve(options.storage, run_dir)
     tracking_uri(run_dir)  # a tracking server that does not answer stops us now, not after the data work
     prepared_by_key: dict[tuple, PreparedData] = {}
     studies: list[Study] = []
     explicit = target_specs != ["all"]
-    _check_per_target(per_target or {}, base)
+    check_per_target(per_target or {}, base)
     for target in _targets(target_specs, base):
-        own = _settings_for(per_target or {}, target.name)
+        own = settings_for(per_target or {}, target.name)
+        res = options.resources_for(per_target or {}, target.name)
+        resources = {"workers": res.workers_per_trial, "use_gpu": res.gpus_per_trial > 0}
         space = load_space(own.get("space") or space_spec or target.kind, base)
         for origin, fixed in (("--set", overrides), (f"tune.per_target ({target.name})", own["train"])):
             if searched := sorted(set(fixed) & set(space.names)):
@@ -186,7 +185,7 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
             continue
         root = storage.join("tune", experiment)
         studies.append(Study(experiment, target, space, cfg, job, prepared.data_hash, prepared.split_hash, storage,
-                             storage.journal_dir(run_dir, experiment), _round(root, options.resume, target)))
+                             storage.journal_dir(run_dir, experiment), _round(root, options.resume, target), res))
     if not studies:
         raise InputError("--target", "no target has enough data to tune")
     if options.resume:
@@ -220,32 +219,6 @@ def _check_losses(space: SearchSpace, cfg: TrainConfig, job: TrainJob) -> None:
             build_loss(dataclasses.replace(cfg, loss=loss), job.n_classes)
         except ValueError as exc:
             raise InputError(space.path, f"{exc} (target {job.target})", field="params.loss") from None
-
-
-def _check_per_target(per_target: dict[str, Any], base: TrainConfig) -> None:
-    from raypipe.data.groups import get_scheme
-
-    scheme = get_scheme(base.age_scheme)
-    for spec, entry in per_target.items():
-        where = f"tune.per_target.{spec}"
-        try:
-            parse_target(spec, scheme)
-        except ValueError as exc:
-            raise InputError("tune.per_target", str(exc), field=spec) from None
-        if not isinstance(entry, dict) or set(entry) - {"train", "space"}:
-            raise InputError(where, "expected a mapping with `train` and/or `space`, got "
-                             f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
-        from_dict(TrainConfig, {**to_dict(base), **(entry.get("train") or {})}, where)  # unknown keys, types
-
-
-def _settings_for(per_target: dict[str, Any], name: str) -> dict[str, Any]:
-    """Merge the entries whose spec is ``name`` or a prefix of it, the most specific last."""
-    merged: dict[str, Any] = {"train": {}, "space": None}
-    for spec in sorted(per_target, key=lambda s: s.count("/")):
-        if name == spec or name.startswith(spec + "/"):
-            merged["train"] |= per_target[spec].get("train") or {}
-            merged["space"] = per_target[spec].get("space") or merged["space"]
-    return merged
 
 
 def _untunable(job: TrainJob) -> str | None:
@@ -283,7 +256,7 @@ def _check_resume(study: Study, options: TuneOptions) -> None:
 def run(studies: list[Study], options: TuneOptions, run_dir: Path,
         on_tick: Callable[[list[StudyState]], None] | None = None) -> list[StudyOutcome]:
     """Fit every study at once (one driver thread each) and summarise each in its MLflow parent run."""
-    from raypipe.train.launch import init_ray
+    from raypipe.train.launch import check_gpus, init_ray
 
     # Tune's own per-trial tables give way to ours unless --verbose; save study state often so a
     # killed driver loses seconds, not trials.
@@ -299,7 +272,8 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
     import ray
 
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
-    per_trial = options.cpus_per_worker * options.workers_per_trial
+    check_gpus(max(s.resources.gpus_per_trial for s in studies))
+    per_trial = max(s.resources.cpus_per_worker * s.resources.workers_per_trial for s in studies)
     # Studies share the cluster evenly by default; fewer trials in flight also lets TPE learn from
     # finished trials instead of sampling a batch blind.
     max_concurrent = options.max_concurrent or max(1, int(cluster_cpus // per_trial) // len(studies))
@@ -352,12 +326,13 @@ def _trainable_name(study: Study) -> str:
 
 
 def _trainable(study: Study, options: TuneOptions):
-    workers = options.workers_per_trial
-    gpus_per_worker = options.gpus_per_trial / workers
+    res = study.resources
+    workers = res.workers_per_trial
+    gpus_per_worker = res.gpus_per_trial / workers
     fn = tune.with_parameters(run_trial, job=study.job, train_storage=join_uri(study.path, "train"),
-                              cpus_per_worker=options.cpus_per_worker, gpus_per_worker=gpus_per_worker)
+                              cpus_per_worker=res.cpus_per_worker, gpus_per_worker=gpus_per_worker)
     if workers == 1:
-        resources = {"CPU": options.cpus_per_worker, "GPU": options.gpus_per_trial}
+        resources = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_trial}
     else:
         # The trial only drives its TorchTrainer, whose workers hold the CPUs/GPUs. Tune refuses an
         # all-zero request, and any CPU here would keep a 2-CPU machine from placing 2 workers: ask
@@ -396,7 +371,7 @@ def _tuner(study: Study, options: TuneOptions, max_concurrent: int, logger: Stud
         name,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=options.trials, max_concurrent_trials=max_concurrent,
-                                    reuse_actors=options.workers_per_trial == 1),
+                                    reuse_actors=study.resources.workers_per_trial == 1),
         run_config=tune.RunConfig(
             name=study.name, storage_path=study.root, verbose=2 if options.verbose else 0,
             stop=search.EpochBudget(options.epoch_budget) if options.epoch_budget else None,
@@ -422,14 +397,13 @@ def _parent_run(client: MlflowClient, exp_id: str, study: Study, options: TuneOp
         searched = set(study.space.names)
         fixed = {k: v for k, v in to_dict(study.cfg).items() if k not in searched}
         params = flat_params("", fixed) | {"target": study.target.name, "space": study.space.path.name,
-                                           "trials": str(options.trials),
-                                           "workers_per_trial": str(options.workers_per_trial),
-                                           "gpus_per_trial": str(options.gpus_per_trial), "tune_seed": str(options.seed),
+                                           "trials": str(options.trials), "tune_seed": str(options.seed),
                                            "searcher": options.searcher, "scheduler": options.scheduler,
                                            "epoch_budget": str(options.epoch_budget or "none"),
                                            "tune_seed_stream": str(search.seed_for(options.seed, study.target.name,
                                                                                    study.round))}
         params |= {k: str(v) for k, v in options.budget(study.cfg.epochs).items()}
+        params |= {k: str(v) for k, v in to_dict(study.resources).items()}
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     return run_id
 
