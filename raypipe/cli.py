@@ -11,18 +11,16 @@ import typer
 from rich.table import Table
 
 from raypipe.config import (
-    TrainConfig,
     check_value,
     default_experiment,
-    from_dict,
     load_preset,
     load_run_config,
     parse_yaml,
     resources_for,
-    to_dict,
 )
 from raypipe.console import console, err_console, progress_bar
 from raypipe.errors import EXIT_INPUT, InputError
+from raypipe.spec import compose
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Tune and ship pediatric wrist X-ray classifiers on Ray + MLflow.")
@@ -137,17 +135,23 @@ def train(
     source: Source = "auto",
 ) -> None:
     """Train one target and record it as an MLflow run."""
-    overrides = _overrides(set_) | {k: v for k, v in {"workers": workers, "epochs": epochs}.items() if v is not None}
+    overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
     chosen, data, target, _ = _resolve_inputs(preset, config, data, target)
-    cfg = from_dict(TrainConfig, {**to_dict(chosen.train), **overrides}, f"preset {preset}" if preset else config or "--set")
     experiment = experiment or default_experiment(preset, config)
     if data is None or target is None:
         raise InputError("command line", "--data and --target are required (or --preset)")
+    # --workers (or --set workers=N) is the run's resources: W workers of the resources block's size
+    given = {"workers_per_trial": workers if workers is not None else overrides.pop("workers", None)}
+    if overrides.pop("use_gpu", False) is True:
+        given["gpus_per_trial"] = given["workers_per_trial"] or chosen.resources.workers_per_trial
+    spec = compose(experiment, target, chosen.train, per_target=chosen.tune.per_target, overrides=overrides,
+                   resources=resources_for(chosen.resources, chosen.tune.per_target, target, given),
+                   origin=f"preset {preset}" if preset else config or "--set")
 
     from raypipe.train.job import train_target  # torch, timm, Ray, MLflow: only once the config is good
 
     with progress_bar("decoding images into the cache") as progress:
-        outcome = train_target(data, target, cfg, run_dir, experiment, source, progress)
+        outcome = train_target(data, spec, run_dir, source, progress)
     table = Table(title=f"{outcome.target}: best epoch {outcome.best_epoch} of {outcome.epochs_run}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -211,7 +215,7 @@ def tune(
     targets = ["all"] if all_targets else (target or plan_defaults.targets)
     overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
     # Cheap checks first: a bad space or --set fails in a second, before Ray, MLflow and torch load.
-    from_dict(TrainConfig, {**to_dict(base), **overrides}, "--set")
+    compose("-", "-", base, overrides=overrides, origin="--set")
     if space or plan_defaults.space:
         read_space(space or plan_defaults.space)
     given = {"searcher": searcher, "scheduler": scheduler, "epoch_budget": epoch_budget, "grace_period": grace_period,

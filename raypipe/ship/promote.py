@@ -44,7 +44,8 @@ from mlflow.types import ColSpec, Schema
 
 import raypipe
 from raypipe import faults
-from raypipe.config import RESOURCE_KEYS, Resources, TrainConfig, from_dict
+from raypipe import spec as run_spec
+from raypipe.config import RESOURCE_KEYS, PromotePlan, Resources, TrainConfig, from_dict
 from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
@@ -53,6 +54,7 @@ from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
 from raypipe.ship import selection
+from raypipe.spec import compose
 from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
@@ -138,7 +140,9 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     best = best_of_study(client, exp_id, target_spec)
     res = resources or best["resources"]
     launch.check_gpus(res.gpus_per_trial)
-    cfg = dataclasses.replace(replay_config(best), workers=res.workers_per_trial, use_gpu=res.gpus_per_trial > 0)
+    spec = compose(experiment, target_spec, replay_config(best), resources=res,
+                   promote=PromotePlan(margin, n_boot, folds, shortcut_tolerance), origin=f"study {best['study']}")
+    cfg = spec.train
     fit_resources = {"cpus_per_worker": res.cpus_per_worker, "gpus_per_worker": res.gpus_per_trial / res.workers_per_trial}
     prepared = prepare(data, cfg, run_dir, source)
     if prepared.split_hash != best["split_hash"]:
@@ -171,7 +175,7 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     run_id = run.info.run_id
     try:
         out_dir = run_dir / "promote" / run_id
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in res.__dict__.items()])
+        run_spec.log(client, run_id, spec)  # what to re-run this promotion from MLflow alone
         evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot, fit_resources)
         result = launch.fit(job, out_dir / "final", run_dir / "ray", name=f"promote-{run_id}", keep="last",
                             **fit_resources)

@@ -13,14 +13,17 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from raypipe import fsio
+from raypipe import spec as run_spec
 from raypipe.config import TrainConfig, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare
 from raypipe.data.targets import Target, parse_target
 from raypipe.errors import InputError
 from raypipe.models.backbones import model_spec
+from raypipe.spec import RunSpec
 from raypipe.tracking import plots
-from raypipe.tracking.runs import EpochLogger, experiment_id, flat_params, git_sha, tracking_uri
+from raypipe.tracking.runs import EpochLogger, experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
+from raypipe.train.launch import check_gpus
 from raypipe.train.loop import TrainJob
 from raypipe.train.metrics import confusion, default_monitor, evaluate, predictions
 
@@ -93,11 +96,13 @@ def log_outcome(client: MlflowClient, run_id: str, job: TrainJob, best_dir: Path
     return {f"best_val_{k}": float(v) for k, v in metrics.items()}
 
 
-def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, experiment: str,
-                 source_kind: str = "auto", progress: Progress | None = None) -> TrainOutcome:
-    """``raypipe train``: prepare the data, train one target, record everything in MLflow."""
+def train_target(data: Path, spec: RunSpec, run_dir: Path, source_kind: str = "auto",
+                 progress: Progress | None = None) -> TrainOutcome:
+    """``raypipe train``: prepare the data, train one target, record everything (and ``spec``) in MLflow."""
     run_dir = Path(run_dir)
+    cfg, target_spec, experiment = spec.train, spec.target, spec.experiment
     check_choices(cfg)
+    check_gpus(spec.resources.gpus_per_trial)
     prepared = prepare(data, cfg, run_dir, source_kind, progress)
     try:
         target = parse_target(target_spec, prepared.scheme)
@@ -114,12 +119,13 @@ def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, 
         "mlflow.source.name": "raypipe train"})
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in
-                                         (flat_params("", to_dict(cfg)) | {"target": target.name}).items()])
+        run_spec.log(client, run_id, spec)
         out_dir = run_dir / "train" / run_id
         fsio.write_yaml(out_dir / "config.yaml", {"target": target.name, **to_dict(cfg)})
         client.log_artifact(run_id, str(out_dir / "config.yaml"))
-        result = launch.fit(job, out_dir, run_dir / "ray", name=f"train-{run_id}", on_report=EpochLogger(uri, run_id))
+        result = launch.fit(job, out_dir, run_dir / "ray", name=f"train-{run_id}", on_report=EpochLogger(uri, run_id),
+                            cpus_per_worker=spec.resources.cpus_per_worker,
+                            gpus_per_worker=spec.resources.gpus_per_trial / spec.resources.workers_per_trial)
         best = log_outcome(client, run_id, job, result.checkpoint)
         now = mlflow.utils.time.get_current_time_millis()
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, result.best_epoch) for k, v in best.items()])

@@ -52,6 +52,11 @@ class TuneOptions:
         """What each trial of ``target`` asks for: ``resources:``, ``tune.per_target``, the command line."""
         return resources_for(self.resources, per_target, target, {k: getattr(self, k) for k in RESOURCE_KEYS})
 
+    def spec(self) -> dict[str, Any]:
+        """What decides a study's search (a run spec's ``tune``; resources and storage are its own fields)."""
+        return {k: getattr(self, k) for k in ("trials", "seed", "searcher", "scheduler", "epoch_budget", "grace_period",
+                                              "reduction_factor", "startup_trials", "max_concurrent")}
+
     def budget(self, epochs: int) -> dict[str, int]:
         """The resolved search budget of a study whose trials run up to ``epochs`` epochs."""
         return {"startup_trials": search.startup_trials(self.startup_trials, self.trials),

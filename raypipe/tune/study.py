@@ -41,12 +41,14 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from raypipe.config import Resources, TrainConfig, check_per_target, from_dict, settings_for, to_dict
+from raypipe import spec as run_spec
+from raypipe.config import Resources, TrainConfig, check_per_target, settings_for, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
 from raypipe.data.targets import Target, all_targets, parse_target
 from raypipe.errors import InputError
 from raypipe.models.losses import build_loss
-from raypipe.tracking.runs import experiment_id, flat_params, git_sha, tracking_uri
+from raypipe.spec import RunSpec, compose
+from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
 from raypipe.tracking.study_runs import StudyLogger, find_or_create_parent
 from raypipe.train import checkpoint
 from raypipe.train.job import check_choices, make_job
@@ -54,7 +56,8 @@ from raypipe.train.launch import Storage, join_uri, list_names, read_text, write
 from raypipe.train.loop import TrainJob, best_key
 from raypipe.tune import optuna_store, search
 from raypipe.tune.options import TuneOptions
-from raypipe.tune.spaces import SearchSpace, load_space
+from raypipe.tune.spaces import SearchSpace, read_space
+from raypipe.tune.spaces import check_choices as check_space_choices
 from raypipe.tune.state import StudyState, trial_number
 from raypipe.tune.trial import ReleaseTrainWorkers, TagTrialNode, run_trial
 
@@ -70,19 +73,27 @@ class Study:
     experiment: str
     target: Target
     space: SearchSpace
-    cfg: TrainConfig  # base + space.fixed + --set + resources; trials add the sampled parameters
+    spec: RunSpec  # the composed settings (raypipe/spec.py); trials add the sampled parameters
     job: TrainJob
     data_hash: str
     split_hash: str
     storage: Storage
     journal_dir: Path  # where the Optuna journal lives (absolute, on the driver)
     round: int
-    resources: Resources = field(default_factory=Resources)  # what each trial asks for
     state: StudyState = field(init=False)
 
     def __post_init__(self) -> None:
         self.state = StudyState.open(self.key, target=self.target.name, monitor=self.job.monitor,
                                      base_point=self.space.base_point(self.cfg))
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.spec.train
+
+    @property
+    def resources(self) -> Resources:
+        """What each trial asks for."""
+        return self.spec.resources
 
     @property
     def slug(self) -> str:
@@ -155,17 +166,13 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
     explicit = target_specs != ["all"]
     check_per_target(per_target or {}, base)
     for target in _targets(target_specs, base):
-        own = settings_for(per_target or {}, target.name)
-        res = options.resources_for(per_target or {}, target.name)
-        resources = {"workers": res.workers_per_trial, "use_gpu": res.gpus_per_trial > 0}
-        space = load_space(own.get("space") or space_spec or target.kind, base)
-        for origin, fixed in (("--set", overrides), (f"tune.per_target ({target.name})", own["train"])):
-            if searched := sorted(set(fixed) & set(space.names)):
-                raise InputError(origin, f"{searched[0]} is searched by {space.path}; drop it there to fix it",
-                                 field=searched[0])
-        cfg = from_dict(TrainConfig, {**to_dict(base), **space.fixed, **own["train"], **overrides, **resources},
-                        space.path)
+        space = read_space(settings_for(per_target or {}, target.name)["space"] or space_spec or target.kind)
+        spec = compose(experiment, target.name, base, per_target=per_target, fixed=space.fixed, overrides=overrides,
+                       resources=options.resources_for(per_target or {}, target.name), space=space.path,
+                       searched=tuple(space.names), tune=options.spec(), storage=options.storage, origin=space.path)
+        cfg = spec.train
         check_choices(cfg, str(space.path))
+        check_space_choices(space, cfg)
         key = (split_params(cfg), cfg.image_size, cfg.masking)
         if key not in prepared_by_key:
             prepared_by_key[key] = prepare(data, cfg, run_dir, source, progress,
@@ -184,8 +191,8 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
             warnings.warn(f"skipping {target.name}: {reason}", stacklevel=2)
             continue
         root = storage.join("tune", experiment)
-        studies.append(Study(experiment, target, space, cfg, job, prepared.data_hash, prepared.split_hash, storage,
-                             storage.journal_dir(run_dir, experiment), _round(root, options.resume, target), res))
+        studies.append(Study(experiment, target, space, spec, job, prepared.data_hash, prepared.split_hash, storage,
+                             storage.journal_dir(run_dir, experiment), _round(root, options.resume, target)))
     if not studies:
         raise InputError("--target", "no target has enough data to tune")
     if options.resume:
@@ -394,17 +401,15 @@ def _parent_run(client: MlflowClient, exp_id: str, study: Study, options: TuneOp
     existing = client.search_runs([exp_id], f"tags.`raypipe.study` = '{study.key}'", max_results=1)
     run_id = find_or_create_parent(client, exp_id, study.key, f"{study.target.name} study (round {study.round})", tags)
     if not existing:  # params are immutable: only a new parent gets them
-        searched = set(study.space.names)
-        fixed = {k: v for k, v in to_dict(study.cfg).items() if k not in searched}
-        params = flat_params("", fixed) | {"target": study.target.name, "space": study.space.path.name,
-                                           "trials": str(options.trials), "tune_seed": str(options.seed),
+        params = run_spec.params(study.spec) | {"space": study.space.path.name,
+                                                "trials": str(options.trials), "tune_seed": str(options.seed),
                                            "searcher": options.searcher, "scheduler": options.scheduler,
                                            "epoch_budget": str(options.epoch_budget or "none"),
                                            "tune_seed_stream": str(search.seed_for(options.seed, study.target.name,
                                                                                    study.round))}
         params |= {k: str(v) for k, v in options.budget(study.cfg.epochs).items()}
-        params |= {k: str(v) for k, v in to_dict(study.resources).items()}
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        run_spec.log(client, run_id, study.spec, with_params=False)
     return run_id
 
 

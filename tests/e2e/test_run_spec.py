@@ -75,6 +75,13 @@ def test_pipeline_resources_make_trials_and_retrain_ddp(ddp_pipeline):
     assert promotion.data.params["workers_per_trial"] == "2"
     assert promotion.data.metrics["retrain_world_size"] == 2  # the loop's own count of DDP ranks
     assert "promote: ddp.fracture-AP v1" in proc.stdout
+    # one spec, logged where a result can be re-run from: the study's parent run and the promote run
+    for run in (study, promotion):
+        assert "run_spec.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    spec = yaml.safe_load(Path(client.download_artifacts(promotion.info.run_id, "run_spec.yaml")).read_text())
+    assert spec["resources"]["workers_per_trial"] == 2 and spec["train"]["workers"] == 2
+    assert spec["promote"]["folds"] == 2 and spec["experiment"] == "ddp"
+    assert "/#/experiments/" in proc.stdout and "/runs" in proc.stdout  # the runs view, not the GenAI overview
 
 
 def test_predict_and_report_find_the_pipeline_by_its_config(ddp_pipeline, tmp_path):
