@@ -50,7 +50,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
     """``storage``: Ray's storage for the tune stage (``--storage``; a directory also holds the cache)."""
     from raypipe import report
     from raypipe.ship.promote import promote, summary
-    from raypipe.train.launch import Storage
+    from raypipe.storage import Storage
     from raypipe.tune import study as studies
 
     run_dir = Path(run_dir)
@@ -84,7 +84,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
             options.resume = True
             planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
                                    experiment, options, source, per_target=preset.tune.per_target)
-        from raypipe.train.launch import check_gpus
+        from raypipe.ray_cluster import check_gpus
 
         check_gpus(max(s.resources.gpus_per_trial for s in planned))  # before the record says "started"
         record.mark("tune", tune_key, finished=False)

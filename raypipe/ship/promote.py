@@ -53,6 +53,7 @@ from raypipe.errors import InputError
 from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
+from raypipe.ray_cluster import check_gpus
 from raypipe.ship import selection
 from raypipe.spec import compose
 from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
@@ -139,7 +140,7 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     exp_id = experiment_id(client, experiment, run_dir)
     best = best_of_study(client, exp_id, target_spec)
     res = resources or best["resources"]
-    launch.check_gpus(res.gpus_per_trial)
+    check_gpus(res.gpus_per_trial)
     spec = compose(experiment, target_spec, replay_config(best), resources=res,
                    promote=PromotePlan(margin, n_boot, folds, shortcut_tolerance), origin=f"study {best['study']}")
     cfg = spec.train

@@ -19,11 +19,11 @@ from raypipe.data.prepare import PreparedData, Progress, prepare
 from raypipe.data.targets import Target, parse_target
 from raypipe.errors import InputError
 from raypipe.models.backbones import model_spec
+from raypipe.ray_cluster import check_gpus
 from raypipe.spec import RunSpec
 from raypipe.tracking import plots
 from raypipe.tracking.runs import EpochLogger, experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
-from raypipe.train.launch import check_gpus
 from raypipe.train.loop import TrainJob
 from raypipe.train.metrics import confusion, default_monitor, evaluate, predictions
 

@@ -65,7 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: the same loop with a Ray Train session."""
     session = RaySession("train")
     if config.get("placement_group_key") and session.rank == 0:
-        from raypipe.train.launch import record_placement_group
+        from raypipe.ray_cluster import record_placement_group
 
         record_placement_group(config["placement_group_key"])
     run(config["job"], session)
