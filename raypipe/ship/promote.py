@@ -56,9 +56,10 @@ from raypipe.models.backbones import build_model_from_spec
 from raypipe.ray_cluster import check_gpus
 from raypipe.ship import selection
 from raypipe.spec import compose
-from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
+from raypipe.tracking.runs import closing_run, experiment_id, fail_run, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
+from raypipe.train.metrics import scores_from_logits
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Inputs: image paths, optional YOLO text boxes (masked as in training when given).
@@ -174,7 +175,7 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         "raypipe.data_hash": prepared.data_hash, "raypipe.split_hash": prepared.split_hash,
         "raypipe.git_sha": git_sha(), "mlflow.source.name": "raypipe promote"})
     run_id = run.info.run_id
-    try:
+    with closing_run(client, run_id):
         out_dir = run_dir / "promote" / run_id
         run_spec.log(client, run_id, spec)  # what to re-run this promotion from MLflow alone
         evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot, fit_resources)
@@ -231,10 +232,6 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         promotion.shortcut_flag = None if audit is None else audit["flag"]
         client.set_tag(run_id, "raypipe.alias", promotion.alias)
         client.set_tag(run_id, "raypipe.reason", promotion.reason)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
     return promotion
 
 
@@ -265,8 +262,7 @@ def _close_dead_promotions(client: MlflowClient, exp_id: str, target: str) -> No
         try:
             os.kill(int(tags["raypipe.pid"]), 0)
         except ProcessLookupError:
-            client.set_tag(run.info.run_id, "raypipe.reason", "the promoting process died before it finished")
-            client.set_terminated(run.info.run_id, "FAILED")
+            fail_run(client, run.info.run_id, "the promoting process died before it finished")
         except PermissionError:
             pass  # alive, another user's
 
@@ -311,7 +307,7 @@ def _predict(model: torch.nn.Module, cache, rows: np.ndarray, n_classes: int) ->
     loader = torch.utils.data.DataLoader(dataset, batch_size=64)
     with torch.no_grad():
         logits = torch.cat([model(images).float() for images, _ in loader])
-    return torch.sigmoid(logits.reshape(-1)).numpy() if n_classes == 2 else torch.softmax(logits, 1).numpy()
+    return scores_from_logits(logits, n_classes)
 
 
 def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str):

@@ -22,7 +22,7 @@ from raypipe.models.backbones import model_spec
 from raypipe.ray_cluster import check_gpus
 from raypipe.spec import RunSpec
 from raypipe.tracking import plots
-from raypipe.tracking.runs import EpochLogger, experiment_id, git_sha, tracking_uri
+from raypipe.tracking.runs import EpochLogger, closing_run, experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.loop import TrainJob
 from raypipe.train.metrics import confusion, default_monitor, evaluate, predictions
@@ -118,7 +118,7 @@ def train_target(data: Path, spec: RunSpec, run_dir: Path, source_kind: str = "a
         "raypipe.split_hash": prepared.split_hash, "raypipe.git_sha": git_sha(), "raypipe.monitor": job.monitor,
         "mlflow.source.name": "raypipe train"})
     run_id = run.info.run_id
-    try:
+    with closing_run(client, run_id):
         run_spec.log(client, run_id, spec)
         out_dir = run_dir / "train" / run_id
         fsio.write_yaml(out_dir / "config.yaml", {"target": target.name, **to_dict(cfg)})
@@ -130,9 +130,5 @@ def train_target(data: Path, spec: RunSpec, run_dir: Path, source_kind: str = "a
         now = mlflow.utils.time.get_current_time_millis()
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, result.best_epoch) for k, v in best.items()])
         client.set_tag(run_id, "raypipe.best_epoch", str(result.best_epoch))
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
     return TrainOutcome(run_id, exp_id, uri, target.name, result.best_epoch, result.epochs_run, best,
                         result.checkpoint)

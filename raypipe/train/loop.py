@@ -33,7 +33,7 @@ from raypipe.data.sampling import KeyedDraws, build_sampler
 from raypipe.models.backbones import build_model, model_spec
 from raypipe.models.losses import build_loss
 from raypipe.train import checkpoint
-from raypipe.train.metrics import evaluate
+from raypipe.train.metrics import evaluate, scores_from_logits
 from raypipe.train.session import RaySession, Session
 
 
@@ -196,9 +196,8 @@ def _predict(model, loader, criterion, n_classes, amp, device) -> tuple[np.ndarr
         with amp:
             logits = model(images).float()
         loss_sum += float(criterion(logits, labels)) * len(labels)
-        probs = torch.sigmoid(logits.reshape(-1)) if n_classes == 2 else torch.softmax(logits, dim=1)
         ys.append(labels.cpu().numpy())
-        scores.append(probs.cpu().numpy())
+        scores.append(scores_from_logits(logits, n_classes))
     y = np.concatenate(ys) if ys else np.zeros(0, dtype=np.int64)
     s = np.concatenate(scores) if scores else np.zeros((0,) if n_classes == 2 else (0, n_classes))
     return y, s, loss_sum / max(len(y), 1)

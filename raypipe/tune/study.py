@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from raypipe.storage import join_uri, write_text
-from raypipe.tracking.runs import experiment_id, tracking_uri
+from raypipe.tracking.runs import experiment_id, fail_run, tracking_uri
 from raypipe.tracking.study_runs import StudyLogger
 from raypipe.train.loop import best_key
 from raypipe.tune import search
@@ -115,7 +115,7 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
     outcomes = []
     for study in studies:
         if study.key in errors:
-            client.set_terminated(study.state.parent_run_id, "FAILED")
+            fail_run(client, study.state.parent_run_id, f"{type(errors[study.key]).__name__}: {errors[study.key]}")
             raise errors[study.key]
         outcomes.append(finalize(client, study, loggers[study.key]))
     return outcomes
