@@ -8,6 +8,7 @@ The resolved config of every run is written beside its outputs and into MLflow.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 import types
@@ -156,9 +157,34 @@ RANGES: dict[str, tuple] = {
     "split_seed": _between(0, 2**32 - 1), "workers_per_trial": _at_least(1), "gpus_per_trial": _at_least(0),
     "cpus_per_worker": (lambda v: v > 0, "must be above 0"),
 }
-MASKING = ("off", "fill", "blur")
-SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULES = ("cosine", "plateau")  # train/loop.py
+SEARCHERS = ("tpe", "random")  # tune/search.py
+SCHEDULERS = ("asha", "fifo")  # tune/search.py
+# Every named choice a config or command takes -> where its names are defined (module, attribute: a tuple, the
+# keys of a dict, or a Registry). Validation is derived from this one table: ``check_value`` checks the keys
+# whose module loads without torch (a config check stays fast), ``train.job.check_choices`` all of them, before
+# any worker starts.
+CHOICES: dict[str, tuple[str, str]] = {
+    "masking": ("raypipe.data.masking", "MASKING_MODES"), "schedule": ("raypipe.config", "SCHEDULES"),
+    "searcher": ("raypipe.config", "SEARCHERS"), "scheduler": ("raypipe.config", "SCHEDULERS"),
+    "source": ("raypipe.data.sources", "SOURCES"), "loss": ("raypipe.models.losses", "LOSSES"),
+    "sampler": ("raypipe.data.sampling", "SAMPLERS"),
+}
+NEEDS_TORCH = ("loss", "sampler")
+
+
+def known_choices(name: str) -> tuple[str, ...]:
+    """The names ``name`` (a key of ``CHOICES``) accepts."""
+    module, attr = CHOICES[name]
+    found = getattr(importlib.import_module(module), attr)
+    names = tuple(found.names()) if hasattr(found, "names") else tuple(found)
+    return ("auto", *names) if name == "source" else names
+
+
+def check_choice(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a known ``name`` (a key of ``CHOICES``), or None."""
+    known = known_choices(name)
+    return None if value in known else f"unknown {name} {value!r} (known: {', '.join(known)})"
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -167,9 +193,8 @@ def check_value(name: str, value: Any) -> str | None:
         ok, why = RANGES[name]
         if not math.isfinite(value) or not ok(value):
             return f"{why}, got {value!r}"
-    for key, known in (("masking", MASKING), ("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
-        if name == key and value not in known:
-            return f"unknown {key} {value!r} (known: {', '.join(known)})"
+    if name in CHOICES and name not in NEEDS_TORCH and (why := check_choice(name, value)):
+        return why
     if name == "age_scheme" and isinstance(value, str):
         from raypipe.data.groups import get_scheme
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +45,11 @@ def check_choices(cfg: TrainConfig, origin: str = "config") -> None:
     """Named choices are checked before any worker starts: a typo is exit 2, not a worker traceback."""
     import timm
 
-    from raypipe.data.sampling import SAMPLERS
-    from raypipe.models.losses import LOSSES
+    from raypipe.config import CHOICES, check_choice
 
-    choices = {"loss": LOSSES.names(), "sampler": SAMPLERS.names(), "schedule": ["cosine", "plateau"],
-               "masking": ["off", "fill", "blur"]}
-    for key, known in choices.items():
-        if getattr(cfg, key) not in known:
-            raise InputError(origin, f"unknown {key} {getattr(cfg, key)!r} (known: {', '.join(known)})", field=key)
+    for key in sorted(CHOICES.keys() & {f.name for f in dataclasses.fields(cfg)}):
+        if why := check_choice(key, getattr(cfg, key)):
+            raise InputError(origin, why, field=key)
     if not timm.is_model(cfg.backbone):
         raise InputError(origin, f"unknown backbone {cfg.backbone!r} (any timm model name)", field="backbone")
     if cfg.pretrained:  # a missing file or uncached, unreachable hub weights: before any worker starts

@@ -214,7 +214,7 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or plateau")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")  # config.CHOICES: refused before any worker starts
 
 
 def _step_scheduler(scheduler, cfg: TrainConfig, score: float) -> None:
