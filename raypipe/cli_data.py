@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from raypipe.console import console, progress_bar
-from raypipe.errors import InputError
+from raypipe.errors import InputError, bad_input
 
 data_app = typer.Typer(no_args_is_help=True, help="Make, check, split and cache data sets.")
 
@@ -98,10 +98,8 @@ def _check_options(**values) -> None:
 def _scheme(spec: str):
     from raypipe.data.groups import get_scheme
 
-    try:
+    with bad_input("--age-scheme"):
         return get_scheme(spec)
-    except ValueError as exc:
-        raise InputError("--age-scheme", str(exc)) from None
 
 
 def _frame_table(frame, title: str) -> Table:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from raypipe.errors import InputError
+from raypipe.errors import InputError, bad_input
 
 
 @dataclass
@@ -378,10 +378,8 @@ def check_per_target(per_target: dict[str, Any], base: TrainConfig) -> None:
     scheme = get_scheme(base.age_scheme)
     for spec, entry in per_target.items():
         where = f"tune.per_target.{spec}"
-        try:
+        with bad_input("tune.per_target", field=spec):
             parse_target(spec, scheme)
-        except ValueError as exc:
-            raise InputError("tune.per_target", str(exc), field=spec) from None
         if not isinstance(entry, dict) or set(entry) - {"train", "space", "resources"}:
             raise InputError(where, "expected a mapping with `train`, `space` and/or `resources`, got "
                              f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")

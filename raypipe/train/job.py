@@ -18,7 +18,7 @@ from raypipe import spec as run_spec
 from raypipe.config import TrainConfig, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare
 from raypipe.data.targets import Target, parse_target
-from raypipe.errors import InputError
+from raypipe.errors import InputError, bad_input
 from raypipe.models.backbones import model_spec
 from raypipe.ray_cluster import check_gpus
 from raypipe.spec import RunSpec
@@ -102,10 +102,8 @@ def train_target(data: Path, spec: RunSpec, run_dir: Path, source_kind: str = "a
     check_choices(cfg)
     check_gpus(spec.resources.gpus_per_trial)
     prepared = prepare(data, cfg, run_dir, source_kind, progress)
-    try:
+    with bad_input("--target"):
         target = parse_target(target_spec, prepared.scheme)
-    except ValueError as exc:
-        raise InputError("--target", str(exc)) from None
     job = make_job(prepared, target, cfg)
 
     uri = tracking_uri(run_dir)

@@ -17,7 +17,7 @@ from typing import Any
 from raypipe.config import Resources, TrainConfig, check_per_target, settings_for, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare, split_params
 from raypipe.data.targets import Target, all_targets, parse_target
-from raypipe.errors import InputError
+from raypipe.errors import InputError, bad_input
 from raypipe.models.losses import build_loss
 from raypipe.spec import RunSpec, compose
 from raypipe.storage import Storage, join_uri, list_names, read_text
@@ -157,10 +157,8 @@ def _targets(specs: list[str], cfg: TrainConfig) -> list[Target]:
         return all_targets(scheme)
     out = []
     for spec in specs:
-        try:
+        with bad_input("--target"):
             target = parse_target(spec, scheme)
-        except ValueError as exc:
-            raise InputError("--target", str(exc)) from None
         if target not in out:
             out.append(target)
     return out
@@ -170,10 +168,8 @@ def _check_losses(space: SearchSpace, cfg: TrainConfig, job: TrainJob) -> None:
     """A space shared by targets must fit each: 'ce' on a binary target is an error before any trial."""
     losses = next((p.choices for p in space.params if p.name == "loss"), (cfg.loss,))
     for loss in losses:
-        try:
+        with bad_input(space.path, field="params.loss", note=f" (target {job.target})"):
             build_loss(dataclasses.replace(cfg, loss=loss), job.n_classes)
-        except ValueError as exc:
-            raise InputError(space.path, f"{exc} (target {job.target})", field="params.loss") from None
 
 
 def _untunable(job: TrainJob) -> str | None:
