@@ -220,6 +220,7 @@ def promote_cmd(
     The retrain asks for the config's resources (a pipeline config), else what the study's trials had."""
     from mlflow.tracking import MlflowClient
 
+    from raypipe.ship import aliases
     from raypipe.ship import promote as ship
     from raypipe.tracking.runs import tracking_uri
 
@@ -228,7 +229,7 @@ def promote_cmd(
         client = MlflowClient(tracking_uri(run_dir))
         for spec in target:
             name = ship.model_name(experiment, spec)
-            console.print(f"{name}: champion is v{ship.rollback(client, name, run_dir)} again")
+            console.print(f"{name}: champion is v{aliases.rollback(client, name, run_dir)} again")
         return
     chosen, data, _, whole = _resolve_inputs(preset, config, data, None)
     if data is None:

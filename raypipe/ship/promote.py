@@ -14,22 +14,18 @@
   6. under a lock: alias ``champion`` only if its out-of-fold figure clears chance and beats the current
      champion's on the same images (paired patient bootstrap, lower bound above ``margin``), else
      ``challenger`` with the reason tagged. The test set never decides.
-``rollback`` moves ``champion`` back to the version it replaced.
+Step 6 and ``rollback`` (``champion`` back to the version it replaced) live in ship/aliases.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import socket
 import tempfile
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +33,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
@@ -55,31 +50,21 @@ from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
 from raypipe.ray_cluster import check_gpus
 from raypipe.ship import selection
+from raypipe.ship.aliases import (
+    CHAMPION,  # noqa: F401  (ship/predict.py imports it from here)
+    Promotion,
+    _lock,
+    decide,
+)
 from raypipe.spec import compose
 from raypipe.tracking.runs import closing_run, experiment_id, fail_run, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
 from raypipe.train.metrics import scores_from_logits
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 # Inputs: image paths, optional YOLO text boxes (masked as in training when given).
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image"), ColSpec("string", "text_boxes", required=False)]))
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc_model.py")
-
-
-@dataclass
-class Promotion:
-    model_name: str
-    version: str
-    alias: str  # champion | challenger
-    reason: str
-    metric: str  # the selection metric: oof_auroc | oof_macro_f1
-    value: float  # out of fold: what decided
-    ci95: tuple[float, float]
-    previous_champion: str | None
-    test_value: float = math.nan  # reported, never decided on
-    test_ci95: tuple[float, float] = (math.nan, math.nan)
-    shortcut_flag: bool | None = None  # binary models: the shortcut audit's flag (evaluate/shortcuts.py)
 
 
 def summary(p: Promotion) -> str:
@@ -331,84 +316,3 @@ def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str
             # until the alias is decided (a kill in between must leave the run RUNNING, then FAILED).
             mlflow.end_run(status="RUNNING")
     return MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
-
-
-# -------------------------------------------------------------------------------- the aliases
-@contextlib.contextmanager
-def _lock(run_dir: Path, name: str) -> Iterator[None]:
-    """Serialise alias changes of one model (same host; a shared run dir serialises a cluster's)."""
-    path = Path(run_dir) / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def current_champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
-
-def decide(client: MlflowClient, name: str, version: str, evidence: selection.Selection, split_hash: str,
-           margin: float, n_boot: int = 1000) -> Promotion:
-    """Give ``version`` the champion alias if its out-of-fold evidence wins, else the challenger alias.
-
-    A version whose CI includes chance is registered but never champion. Against a champion on the same
-    split, both recipes scored the same train+val images out of fold: ``version`` wins only when the
-    lower bound of the paired patient-bootstrap CI of the difference exceeds ``margin``. Call under ``_lock``.
-    """
-    champion = current_champion(client, name)
-    previous = str(champion.version) if champion else None
-    metric = f"oof_{evidence.metric}"
-    shown = f"{metric} {evidence.value:.3f} (95% CI {evidence.ci95[0]:.3f}-{evidence.ci95[1]:.3f})"
-    if not evidence.above_chance:
-        alias, reason = CHALLENGER, f"{shown} includes chance ({evidence.chance:.3f}): never champion"
-        client.set_model_version_tag(name, version, "raypipe.chance_floor", "failed")
-    elif champion is None:
-        alias, reason = CHAMPION, f"first version of this model; {shown} is above chance"
-    elif champion.tags.get("split_hash") != split_hash:
-        alias, reason = CHALLENGER, (f"champion v{champion.version} was selected on another split "
-                                     f"({champion.tags.get('split_hash', '?')[:12]}); not comparable")
-    elif (theirs := selection.load_from_run(client, champion.run_id, n_boot)) is None:
-        alias, reason = CHAMPION, (f"champion v{champion.version} has no out-of-fold evidence (chosen before "
-                                   f"selection without test); {shown} is above chance")
-    else:
-        diff, (low, high) = selection.paired_difference(evidence, theirs, n_boot)
-        versus = f"{diff:+.3f} vs champion v{champion.version} (paired 95% CI {low:+.3f} to {high:+.3f})"
-        if low > margin:
-            alias, reason = CHAMPION, f"{metric} {versus}: better by more than the margin {margin}"
-        else:
-            alias, reason = CHALLENGER, f"{metric} {versus}: not better by more than the margin {margin}"
-    if alias == CHAMPION:
-        if previous:
-            client.set_model_version_tag(name, version, "previous_champion", previous)
-        faults.point("promote:deciding")
-        client.set_registered_model_alias(name, CHAMPION, version)  # one atomic move: never two champions
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, "promotion", f"{alias}: {reason}")
-    return Promotion(name, str(version), alias, reason, metric, evidence.value, evidence.ci95,
-                     previous if alias == CHAMPION else None)
-
-
-def rollback(client: MlflowClient, name: str, run_dir: Path) -> str:
-    """Move ``champion`` back to the version the current champion replaced; return that version."""
-    with _lock(run_dir, name):
-        champion = current_champion(client, name)
-        if champion is None:
-            raise InputError(name, "has no champion to roll back")
-        previous = champion.tags.get("previous_champion")
-        if not previous:
-            raise InputError(name, f"champion v{champion.version} replaced no earlier version")
-        try:
-            client.get_model_version(name, previous)
-        except MlflowException:
-            raise InputError(name, f"the previous champion v{previous} no longer exists") from None
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
-        return previous
