@@ -8,6 +8,9 @@ export RAYPIPE_RUN_DIR := $(RUN_DIR)
 # A local Ray head for `make tune RAY_ADDRESS=...` and `ray job submit` (token auth on, 127.0.0.1).
 RAY_PORT ?= 6379
 RAY_DASHBOARD_PORT ?= 8265
+# The job agent's HTTP port (Ray's default 52365): a second head on this machine needs another, or its
+# jobs are refused ("No available agent to submit job")
+RAY_AGENT_PORT ?= 52365
 RAY_HEAD_DIR = $(abspath $(RUN_DIR))/ray-head
 RAY_TOKEN = $(RAY_HEAD_DIR)/auth_token
 
@@ -55,7 +58,8 @@ ray-up: install
 	@test -s $(RAY_TOKEN) || (umask 077 && $(PY) -c "import secrets; print(secrets.token_hex(32))" > $(RAY_TOKEN))
 	PATH=$(abspath $(VENV))/bin:$$PATH RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN) \
 	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) \
-	  --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) --disable-usage-stats >/dev/null
+	  --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) \
+	  --dashboard-agent-listen-port $(RAY_AGENT_PORT) --disable-usage-stats >/dev/null
 	@echo "Ray head on 127.0.0.1:$(RAY_PORT), dashboard http://127.0.0.1:$(RAY_DASHBOARD_PORT), token $(RAY_TOKEN)"
 	@echo "  make tune RAY_ADDRESS=127.0.0.1:$(RAY_PORT)"
 	@echo "  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN)"

@@ -27,7 +27,6 @@ initialisation and sampling (``seed``) and the searcher's seed; the data set sta
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os

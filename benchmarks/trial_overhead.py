@@ -202,14 +202,14 @@ def child_tune(args: argparse.Namespace, workers: int, concurrent: int | None) -
         from ray.tune.search.optuna import OptunaSearch
 
         from raypipe.tracking.study_runs import StudyLogger
-        from raypipe.train import launch
+        from raypipe import ray_cluster
         from raypipe.tune import study as studies_mod
 
-        timers.wrap(launch, "init_ray", "ray_start")
+        timers.wrap(ray_cluster, "init_ray", "ray_start")  # tune.study imports it when a study runs
         timers.wrap(studies_mod, "plan", "plan")
-        timers.wrap(studies_mod, "_finalize", "study_summary")
+        timers.wrap(studies_mod, "finalize", "study_summary")
         timers.wrap(studies_mod, "run", "run")
-        timers.wrap(studies_mod, "_parent_run", "mlflow_parent_run")
+        timers.wrap(studies_mod, "parent_run", "mlflow_parent_run")
         # MlflowClient() on a fresh SQLite file creates the schema (~2 s), then the experiment is looked up
         timers.wrap(studies_mod, "MlflowClient", "mlflow_store_open")
         timers.wrap(studies_mod, "experiment_id", "mlflow_store_open")

@@ -10,33 +10,24 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from raypipe.cli_data import DEFAULT_RUN_DIR, RunDir, Source, StorageOpt, _check_options, data_app, data_synth
 from raypipe.config import (
-    TrainConfig,
     check_value,
-    from_dict,
+    default_experiment,
     load_preset,
-    load_train_config,
+    load_run_config,
     parse_yaml,
-    to_dict,
+    resources_for,
 )
 from raypipe.console import console, err_console, progress_bar
 from raypipe.errors import EXIT_INPUT, InputError
+from raypipe.spec import compose
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Tune and ship pediatric wrist X-ray classifiers on Ray + MLflow.")
-data_app = typer.Typer(no_args_is_help=True, help="Make, check, split and cache data sets.")
 app.add_typer(data_app, name="data")
 pipeline_app = typer.Typer(no_args_is_help=True, help="The whole pipeline: data -> tune -> promote -> report.")
 app.add_typer(pipeline_app, name="pipeline")
-
-RunDir = Annotated[Path, typer.Option("--run-dir", help="Where manifests, caches, checkpoints and the "
-                                      "embedded MLflow store live.", envvar="RAYPIPE_RUN_DIR")]
-Source = Annotated[str, typer.Option("--source", help="auto | grazpedwri | mura | csv")]
-StorageOpt = Annotated[str | None, typer.Option(
-    "--storage", envvar="RAYPIPE_STORAGE", help="Ray storage for Tune experiments and checkpoints: a directory "
-    "(shared by every node on a cluster) or s3://bucket/prefix. Default: the run dir.")]
-DEFAULT_RUN_DIR = Path("runs")
-
 
 def _print_version(value: bool) -> None:
     if value:
@@ -52,86 +43,21 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_print_ver
     """Tune and ship pediatric wrist X-ray classifiers on Ray + MLflow."""
 
 
-@data_app.command("synth")
-def data_synth(out: Path, patients: int = 300, seed: int = 0, height: int = 256, width: int = 160,
-               shortcut: Annotated[str | None, typer.Option(
-                   help="'marker': no fracture drawn, the label only in the text marker's corner; "
-                        "'presence': a marker on fractures only (sets to test masking on)")] = None) -> None:
-    """Write a synthetic data set in the GRAZPEDWRI-DX layout (16-bit PNGs, YOLO labels)."""
-    from raypipe.data.synth import synthesize
-
-    with progress_bar("drawing radiographs") as progress:
-        summary = synthesize(out, patients=patients, seed=seed, height=height, width=width, progress=progress,
-                             shortcut=shortcut)
-    console.print(f"wrote {summary['images']} images of {summary['patients']} patients to {out}"
-                  f" in {summary['seconds']:.1f} s")
-
-
-@data_app.command("check")
-def data_check(data: Path, source: Source = "auto",
-               age_scheme: Annotated[str, typer.Option(help="3group | 4group | 5group | cut points '6,12'")] = "4group"
-               ) -> None:
-    """Validate a data set and print what it holds."""
-    from raypipe.data.sources import load_source
-    from raypipe.data.summary import summarize
-
-    summary = summarize(load_source(data, source), _scheme(age_scheme))
-    table = summary.pop("table")
-    console.print(_frame_table(table, f"{data}: images by projection x age group x label"))
-    for key, value in summary.items():
-        console.print(f"{key.replace('_', ' ')}: {value}")
-
-
-@data_app.command("split")
-def data_split(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "auto", test_per_class: int = 10,
-               val_fraction: float = 0.2, include_metal: bool = False, seed: int = 0, age_scheme: str = "4group",
-               test_max_fraction: float = 0.3) -> None:
-    """Fixed test set per projection and 1-year age bin, then patient-grouped train/val."""
-    from raypipe.data.prepare import load_manifest, make_or_load_splits
-    from raypipe.data.splits import SplitParams
-
-    _scheme(age_scheme)
-    _check_options(test_per_class=test_per_class, val_fraction=val_fraction, seed=seed)
-    manifest, data_hash, workdir = load_manifest(data, run_dir, source)
-    params = SplitParams(test_per_class, val_fraction, include_metal, seed, age_scheme, test_max_fraction)
-    splits, split_hash, path = make_or_load_splits(manifest, data_hash, workdir, params)
-    counts = splits["split"].value_counts()
-    console.print(", ".join(f"{name} {counts.get(name, 0)}" for name in ("train", "val", "test", "excluded")))
-    console.print(f"splits: {path}\nsplit hash: {split_hash}")
-
-
-@data_app.command("cache")
-def data_cache(data: Path, run_dir: RunDir = DEFAULT_RUN_DIR, source: Source = "auto", size: int = 224,
-               masking: str = "fill") -> None:
-    """Decode every image once into a memory-mapped cache for this size and masking."""
-    from raypipe.data.cache import ImageCache
-    from raypipe.data.prepare import load_manifest, save_manifest
-
-    _check_options(image_size=size, masking=masking)
-    manifest, data_hash, workdir = load_manifest(data, run_dir, source, save=False)
-    with progress_bar("decoding images") as progress:
-        cache = ImageCache.build_or_open(manifest, data_hash, size, masking, run_dir / "cache", progress=progress)
-    save_manifest(manifest, workdir)  # only once every image decoded: bad input leaves nothing behind
-    console.print(f"{len(cache)} images cached at {size}px ({'built' if cache.built else 'already cached'})")
-
-
 def _resolve_inputs(preset: str | None, config: Path | None, data: Path | None, target: str | None):
-    """Preset (synthesising its data when absent) or config file -> (base config, data, target, preset)."""
-    chosen = None
-    if preset:
-        chosen = load_preset(preset)
-        base = chosen.train
+    """Preset or config file -> (pipeline config, data, target, whether it was a whole pipeline config). A
+    preset or pipeline config names its data (synthesised when absent, from its ``synth:`` block) and target."""
+    chosen, whole = load_run_config(preset, config)
+    if whole:
         data = data or Path(chosen.data)
         target = target or chosen.target
         if not data.exists():
             data_synth(data, **chosen.synth)
-    else:
-        base = load_train_config(config)
-    return base, data, target, chosen
+    return chosen, data, target, whole
 
 
 Preset_ = Annotated[str | None, typer.Option("--preset", help="Packaged preset, e.g. 'demo' (synthesises its data).")]
-Config = Annotated[Path | None, typer.Option("--config", help="Train config YAML (keys of TrainConfig).")]
+Config = Annotated[Path | None, typer.Option("--config", help="Pipeline config YAML (the preset format) or a "
+                                             "train config (keys of TrainConfig); its name is the experiment's.")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set lr=3e-4")]
 Data = Annotated[Path | None, typer.Option("--data", help="Data set folder (or CSV).")]
 
@@ -146,20 +72,28 @@ def train(
     epochs: int | None = None,
     set_: Sets = None,
     run_dir: RunDir = DEFAULT_RUN_DIR,
-    experiment: str = "raypipe",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the preset or config "
+                                                   "name, else raypipe).")] = None,
     source: Source = "auto",
 ) -> None:
     """Train one target and record it as an MLflow run."""
-    overrides = _overrides(set_) | {k: v for k, v in {"workers": workers, "epochs": epochs}.items() if v is not None}
-    base, data, target, _ = _resolve_inputs(preset, config, data, target)
-    cfg = from_dict(TrainConfig, {**to_dict(base), **overrides}, f"preset {preset}" if preset else config or "--set")
+    overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
+    chosen, data, target, _ = _resolve_inputs(preset, config, data, target)
+    experiment = experiment or default_experiment(preset, config)
     if data is None or target is None:
         raise InputError("command line", "--data and --target are required (or --preset)")
+    # --workers (or --set workers=N) is the run's resources: W workers of the resources block's size
+    given = {"workers_per_trial": workers if workers is not None else overrides.pop("workers", None)}
+    if overrides.pop("use_gpu", False) is True:
+        given["gpus_per_trial"] = given["workers_per_trial"] or chosen.resources.workers_per_trial
+    spec = compose(experiment, target, chosen.train, per_target=chosen.tune.per_target, overrides=overrides,
+                   resources=resources_for(chosen.resources, chosen.tune.per_target, target, given),
+                   origin=f"preset {preset}" if preset else config or "--set")
 
     from raypipe.train.job import train_target  # torch, timm, Ray, MLflow: only once the config is good
 
     with progress_bar("decoding images into the cache") as progress:
-        outcome = train_target(data, target, cfg, run_dir, experiment, source, progress)
+        outcome = train_target(data, spec, run_dir, source, progress)
     table = Table(title=f"{outcome.target}: best epoch {outcome.best_epoch} of {outcome.epochs_run}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -181,9 +115,11 @@ def tune(
     space: Annotated[str | None, typer.Option(help="Search space YAML for every target (default: "
                                               "search_spaces/age.yaml or fracture.yaml by target).")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials per target.")] = None,
-    workers_per_trial: Annotated[int, typer.Option(help="1 = in-process trial; >1 = TorchTrainer DDP per trial.")] = 1,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions share a GPU.")] = 0.0,
-    cpus_per_worker: float = 1.0,
+    workers_per_trial: Annotated[int | None, typer.Option(help="1 = in-process trial; >1 = TorchTrainer DDP per "
+                                                          "trial (default: the config's resources, else 1).")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; fractions share a GPU (default: "
+                                                         "the config's resources, else 0).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="Default: the config's resources, else 1.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Trials per study at once (default: what the "
                                                        "cluster's CPUs allow).")] = None,
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
@@ -214,18 +150,20 @@ def tune(
     """Tune one study per target (Optuna TPE + ASHA on Ray Tune by default); every trial is an MLflow child run."""
     from raypipe.tune.spaces import read_space
 
-    base, data, _, chosen = _resolve_inputs(preset, config, data, None)
+    chosen, data, _, _ = _resolve_inputs(preset, config, data, None)
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
-    plan_defaults = chosen.tune if chosen else None
-    targets = ["all"] if all_targets else (target or (plan_defaults.targets if plan_defaults else ["all"]))
+    base, plan_defaults = chosen.train, chosen.tune
+    targets = ["all"] if all_targets else (target or plan_defaults.targets)
     overrides = _overrides(set_) | ({"epochs": epochs} if epochs is not None else {})
     # Cheap checks first: a bad space or --set fails in a second, before Ray, MLflow and torch load.
-    from_dict(TrainConfig, {**to_dict(base), **overrides}, "--set")
-    if space or (plan_defaults and plan_defaults.space):
+    compose("-", "-", base, overrides=overrides, origin="--set")
+    if space or plan_defaults.space:
         read_space(space or plan_defaults.space)
     given = {"searcher": searcher, "scheduler": scheduler, "epoch_budget": epoch_budget, "grace_period": grace_period,
-             "reduction_factor": reduction_factor, "startup_trials": startup_trials}
+             "reduction_factor": reduction_factor, "startup_trials": startup_trials,
+             "workers_per_trial": workers_per_trial, "gpus_per_trial": gpus_per_trial,
+             "cpus_per_worker": cpus_per_worker}
     for name, value in given.items():
         if value is not None and (why := check_value(name, value)):
             raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
@@ -234,15 +172,15 @@ def tune(
     from raypipe.tune.progress import ProgressBoard
 
     options = studies_mod.TuneOptions.from_plan(
-        plan_defaults, trials=trials, workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial,
+        plan_defaults, chosen.resources, trials=trials, workers_per_trial=workers_per_trial, gpus_per_trial=gpus_per_trial,
         cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, seed=seed, resume=resume, verbose=verbose,
         storage=storage, searcher=searcher, scheduler=scheduler, epoch_budget=epoch_budget,
         grace_period=grace_period, reduction_factor=reduction_factor, startup_trials=startup_trials)
-    experiment = experiment or preset or (config.stem if config else "raypipe")
-    space = space or (plan_defaults.space if plan_defaults else None)
+    experiment = experiment or default_experiment(preset, config)
+    space = space or plan_defaults.space
     with progress_bar("decoding images into the cache") as progress:
         planned = studies_mod.plan(data, list(targets), space, base, overrides, run_dir, experiment, options,
-                                   source, progress, per_target=plan_defaults.per_target if plan_defaults else None)
+                                   source, progress, per_target=plan_defaults.per_target)
     console.print(f"{'resuming' if resume else 'tuning'} {len(planned)} target(s), {options.trials} trials each: "
                   + ", ".join(s.target.name for s in planned))
     with ProgressBoard(console) as board:
@@ -259,9 +197,7 @@ def tune(
     for o in outcomes:
         params = ", ".join(f"{k}={_short(v)}" for k, v in o.best_params.items())
         console.print(f"{o.target} best: {params or '-'}", soft_wrap=True)
-    from raypipe.tracking.runs import tracking_uri, ui_hint
-
-    console.print(ui_hint(tracking_uri(run_dir)))
+    _runs_view(run_dir, experiment)
     console.print(f"Optuna studies: optuna-dashboard {planned[0].optuna_storage}")
     failed = [o.target for o in outcomes if o.best_trial is None]
     if failed:
@@ -275,38 +211,51 @@ def promote_cmd(
     target: Annotated[list[str], typer.Option(help="Target(s) whose latest study to promote.")],
     data: Data = None,
     preset: Preset_ = None,
-    margin: Annotated[float, typer.Option(help="Out-of-fold metric gain (lower bound of its paired CI) "
-                                          "needed to replace the champion.")] = 0.0,
+    config: Config = None,
+    margin: Annotated[float | None, typer.Option(help="Out-of-fold metric gain (lower bound of its paired CI) "
+                                                 "needed to replace the champion (default: promote.margin, 0).")] = None,
     rollback: Annotated[bool, typer.Option(help="Move `champion` back to the version it replaced.")] = False,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for the CIs.")] = 1000,
-    folds: Annotated[int, typer.Option(help="Patient-grouped folds of train+val whose out-of-fold scores "
-                                       "decide the champion and set the threshold.")] = 3,
+    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples (by patient) for the CIs (default: "
+                                                  "promote.bootstrap, 1000).")] = None,
+    folds: Annotated[int | None, typer.Option(help="Patient-grouped folds of train+val whose out-of-fold scores "
+                                              "decide the champion and set the threshold (default: promote.folds, "
+                                              "3).")] = None,
     run_dir: RunDir = DEFAULT_RUN_DIR,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment of the studies (default: the "
-                                                   "preset name).")] = None,
+                                                   "preset or config name, else raypipe).")] = None,
     source: Source = "auto",
-    shortcut_tolerance: Annotated[float, typer.Option(
-        help="Flag a model whose test AUROC moves by more than this when mask places are shuffled.")] = 0.02,
+    shortcut_tolerance: Annotated[float | None, typer.Option(
+        help="Flag a model whose test AUROC moves by more than this when mask places are shuffled (default: "
+             "promote.shortcut_tolerance, 0.02).")] = None,
 ) -> None:
-    """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins."""
+    """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins.
+
+    The retrain asks for the config's resources (a pipeline config), else what the study's trials had."""
     from mlflow.tracking import MlflowClient
 
+    from raypipe.ship import aliases
     from raypipe.ship import promote as ship
     from raypipe.tracking.runs import tracking_uri
 
-    experiment = experiment or preset or "raypipe"
+    experiment = experiment or default_experiment(preset, config)
     if rollback:
         client = MlflowClient(tracking_uri(run_dir))
         for spec in target:
             name = ship.model_name(experiment, spec)
-            console.print(f"{name}: champion is v{ship.rollback(client, name, run_dir)} again")
+            console.print(f"{name}: champion is v{aliases.rollback(client, name, run_dir)} again")
         return
-    _, data, _, _ = _resolve_inputs(preset, None, data, None)
+    chosen, data, _, whole = _resolve_inputs(preset, config, data, None)
     if data is None:
         raise InputError("command line", "--data is required (or --preset)")
+    plan = chosen.promote
+    _check_options(margin=margin, bootstrap=bootstrap, folds=folds)
     for spec in target:
-        p = ship.promote(data, spec, run_dir, experiment, margin, source, bootstrap, folds, shortcut_tolerance)
+        resources = resources_for(chosen.resources, chosen.tune.per_target, spec) if whole else None
+        p = ship.promote(data, spec, run_dir, experiment, plan.margin if margin is None else margin, source,
+                         plan.bootstrap if bootstrap is None else bootstrap, plan.folds if folds is None else folds,
+                         plan.shortcut_tolerance if shortcut_tolerance is None else shortcut_tolerance, resources)
         console.print(ship.summary(p), soft_wrap=True)
+    _runs_view(run_dir, experiment)
 
 
 @app.command("predict")
@@ -320,7 +269,11 @@ def predict_cmd(
     projection: Annotated[str | None, typer.Option(help="AP | Lat (else DICOM header or file name).")] = None,
     out: Annotated[Path, typer.Option(help="Where the Grad-CAM overlays and predictions.jsonl go.")] = Path("predictions"),
     run_dir: RunDir = DEFAULT_RUN_DIR,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment whose champions serve.")] = "demo",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment whose champions serve (default: "
+                                                   "the preset or config name, else raypipe).")] = None,
+    preset: Preset_ = None,
+    config: Annotated[Path | None, typer.Option(help="The pipeline or train config the champions were tuned "
+                                                "with: its name is the experiment's.")] = None,
 ) -> None:
     """Route each image to its champion: fracture probability, decision, Grad-CAM overlay; JSON lines out.
 
@@ -334,6 +287,7 @@ def predict_cmd(
     from raypipe.ship.predict import Job, csv_jobs, predict_images
     from raypipe.tracking.runs import tracking_uri
 
+    experiment = experiment or default_experiment(preset, config)
     if labels is not None and not labels.is_dir():
         raise InputError(labels, "no such labels folder", field="--labels")
     jobs = [Job(Path(p), age, projection) for p in images or []] + (csv_jobs(csv, age, projection) if csv else [])
@@ -367,17 +321,21 @@ def pipeline_run(
     data = data or Path(chosen.data)
     if not data.exists():
         data_synth(data, **chosen.synth)
-    experiment = preset or Path(name).stem
+    experiment = default_experiment(preset, config)
     with ProgressBoard(console) as board:
         run_pipeline(chosen, experiment, data, run_dir, source, say=lambda line: console.print(line, markup=False),
                      on_tick=board.update, storage=storage)
+    _runs_view(run_dir, experiment)
 
 
 @app.command("report")
 def report_cmd(
-    experiment: Annotated[str, typer.Option(help="MLflow experiment (the pipeline config's name).")] = "demo",
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: the preset or config "
+                                                   "name, else raypipe).")] = None,
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
     run_dir: RunDir = DEFAULT_RUN_DIR,
+    preset: Preset_ = None,
+    config: Config = None,
 ) -> None:
     """One self-contained HTML page: test metrics with CIs, curves, calibration, tuning summary."""
     from mlflow.tracking import MlflowClient
@@ -385,7 +343,23 @@ def report_cmd(
     from raypipe import report
     from raypipe.tracking.runs import tracking_uri
 
+    experiment = experiment or default_experiment(preset, config)
     console.print(f"wrote {report.build(MlflowClient(tracking_uri(run_dir)), experiment, out)}")
+
+
+def _runs_view(run_dir: Path, experiment: str) -> None:
+    """Print how to open the MLflow UI and the direct address of the experiment's runs: MLflow 3's UI opens
+    an experiment on its GenAI overview otherwise (choose "Model training" there)."""
+    from mlflow.tracking import MlflowClient
+
+    from raypipe.tracking.runs import tracking_uri, ui_hint
+
+    uri = tracking_uri(run_dir)
+    console.print(ui_hint(uri), soft_wrap=True)
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    if exp is not None:
+        base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        console.print(f"runs of '{experiment}': {base}/#/experiments/{exp.experiment_id}/runs", soft_wrap=True)
 
 
 def _short(value) -> str:
@@ -400,34 +374,6 @@ def _overrides(items: list[str] | None) -> dict:
             raise InputError("--set", f"expected key=value, got {item!r}", field=item)
         out[key.strip()] = parse_yaml(value, "--set")  # the config files' YAML: `masking=off` stays text
     return out
-
-
-def _check_options(**values) -> None:
-    """Command-line values get the same range checks as the same keys in a config file."""
-    from raypipe.config import check_value
-
-    for key, value in values.items():
-        if (why := check_value(key, value)) is not None:
-            raise InputError(f"--{'size' if key == 'image_size' else key.replace('_', '-')}", why)
-
-
-def _scheme(spec: str):
-    from raypipe.data.groups import get_scheme
-
-    try:
-        return get_scheme(spec)
-    except ValueError as exc:
-        raise InputError("--age-scheme", str(exc)) from None
-
-
-def _frame_table(frame, title: str) -> Table:
-    table = Table(title=title)
-    frame = frame.reset_index()
-    for col in frame.columns:
-        table.add_column(str(col), justify="right")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    return table
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ The resolved config of every run is written beside its outputs and into MLflow.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 import types
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from raypipe.errors import InputError
+from raypipe.errors import InputError, bad_input
 
 
 @dataclass
@@ -85,9 +86,23 @@ class TunePlan:
     grace_period: int | None = None  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: at each rung, 1 trial in this many goes on
     startup_trials: int | None = None  # TPE: trials (the base config included) before TPE models the results
-    # target spec prefix -> {train: {TrainConfig overrides}, space: file}: e.g. `age: {train: {image_size:
-    # 96}}`, `fracture/Lat: {space: lat.yaml}`; the more specific prefix wins (checked in tune/study.py)
+    # target spec prefix -> {train: {TrainConfig overrides}, space: file, resources: {Resources overrides}}: e.g.
+    # `age: {train: {image_size: 96}}`, `fracture/Lat: {space: lat.yaml}`; the more specific prefix wins
+    # (checked in tune/study.py)
     per_target: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Resources:
+    """What each tuning trial and a promotion's retrain ask the cluster for (``resources:``, also per target
+    under ``tune.per_target``; ``--workers-per-trial`` etc. win). W > 1 runs the loop as Ray Train DDP."""
+
+    workers_per_trial: int = 1  # 1 = in-process; >1 = a TorchTrainer (DDP) per trial and per retrain
+    gpus_per_trial: float = 0.0  # shared by the trial's workers; fractions share a GPU
+    cpus_per_worker: float = 1.0
+
+
+RESOURCE_KEYS = ("workers_per_trial", "gpus_per_trial", "cpus_per_worker")
 
 
 @dataclass
@@ -111,6 +126,7 @@ class Preset:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TunePlan = field(default_factory=TunePlan)
     promote: PromotePlan = field(default_factory=PromotePlan)
+    resources: Resources = field(default_factory=Resources)
 
 
 SYNTH_KEYS: dict[str, type] = {"patients": int, "seed": int, "height": int, "width": int}
@@ -138,11 +154,37 @@ RANGES: dict[str, tuple] = {
     "width": _at_least(32), "trials": _at_least(1), "max_concurrent": _at_least(1), "bootstrap": _at_least(0),
     "margin": _at_least(0), "epoch_budget": _at_least(1), "grace_period": _at_least(1),
     "reduction_factor": _at_least(2), "startup_trials": _at_least(1), "stop_epoch": _at_least(1), "folds": _at_least(2), "test_max_fraction": _between(0, 1, high_open=True),
-    "split_seed": _between(0, 2**32 - 1),
+    "split_seed": _between(0, 2**32 - 1), "workers_per_trial": _at_least(1), "gpus_per_trial": _at_least(0),
+    "cpus_per_worker": (lambda v: v > 0, "must be above 0"),
 }
-MASKING = ("off", "fill", "blur")
-SEARCHERS = ("tpe", "random")
-SCHEDULERS = ("asha", "fifo")
+SCHEDULES = ("cosine", "plateau")  # train/loop.py
+SEARCHERS = ("tpe", "random")  # tune/search.py
+SCHEDULERS = ("asha", "fifo")  # tune/search.py
+# Every named choice a config or command takes -> where its names are defined (module, attribute: a tuple, the
+# keys of a dict, or a Registry). Validation is derived from this one table: ``check_value`` checks the keys
+# whose module loads without torch (a config check stays fast), ``train.job.check_choices`` all of them, before
+# any worker starts.
+CHOICES: dict[str, tuple[str, str]] = {
+    "masking": ("raypipe.data.masking", "MASKING_MODES"), "schedule": ("raypipe.config", "SCHEDULES"),
+    "searcher": ("raypipe.config", "SEARCHERS"), "scheduler": ("raypipe.config", "SCHEDULERS"),
+    "source": ("raypipe.data.sources", "SOURCES"), "loss": ("raypipe.models.losses", "LOSSES"),
+    "sampler": ("raypipe.data.sampling", "SAMPLERS"),
+}
+NEEDS_TORCH = ("loss", "sampler")
+
+
+def known_choices(name: str) -> tuple[str, ...]:
+    """The names ``name`` (a key of ``CHOICES``) accepts."""
+    module, attr = CHOICES[name]
+    found = getattr(importlib.import_module(module), attr)
+    names = tuple(found.names()) if hasattr(found, "names") else tuple(found)
+    return ("auto", *names) if name == "source" else names
+
+
+def check_choice(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a known ``name`` (a key of ``CHOICES``), or None."""
+    known = known_choices(name)
+    return None if value in known else f"unknown {name} {value!r} (known: {', '.join(known)})"
 
 
 def check_value(name: str, value: Any) -> str | None:
@@ -151,9 +193,8 @@ def check_value(name: str, value: Any) -> str | None:
         ok, why = RANGES[name]
         if not math.isfinite(value) or not ok(value):
             return f"{why}, got {value!r}"
-    for key, known in (("masking", MASKING), ("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
-        if name == key and value not in known:
-            return f"unknown {key} {value!r} (known: {', '.join(known)})"
+    if name in CHOICES and name not in NEEDS_TORCH and (why := check_choice(name, value)):
+        return why
     if name == "age_scheme" and isinstance(value, str):
         from raypipe.data.groups import get_scheme
 
@@ -285,5 +326,71 @@ def load_preset(name_or_path: str) -> Preset:
     return from_dict(Preset, load_yaml(name_or_path), name_or_path)
 
 
+def load_run_config(preset: str | None, config: str | Path | None) -> tuple[Preset, bool]:
+    """What ``--preset`` / ``--config`` name, as a pipeline config, and whether it is a whole one.
+
+    ``--config`` takes either format: a pipeline config (the preset format: any of its top-level keys
+    ``data``, ``train``, ``tune``, ``resources``...) or a plain train config (``TrainConfig`` keys), which is
+    the pipeline config with only its ``train:`` block given. Neither: every default, not whole."""
+    if preset and config:
+        raise InputError("command line", "give --preset or --config, not both")
+    if preset:
+        return load_preset(preset), True
+    if config is None:
+        return Preset(), False
+    raw = load_yaml(config)
+    if isinstance(raw, dict) and set(raw) & {f.name for f in dataclasses.fields(Preset)}:
+        return from_dict(Preset, raw, config), True
+    return Preset(train=from_dict(TrainConfig, raw, config)), False
+
+
+def default_experiment(preset: str | None = None, config: str | Path | None = None) -> str:
+    """The MLflow experiment every command uses unless ``--experiment`` names one: the preset's name, else the
+    config file's name without its suffix, else ``raypipe``. One function, so ``tune --config x.yaml`` and
+    ``promote/predict/report --config x.yaml`` meet in the same experiment."""
+    if preset:
+        return Path(preset).stem
+    return Path(config).stem if config else "raypipe"
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def settings_for(per_target: dict[str, Any], name: str) -> dict[str, Any]:
+    """The ``tune.per_target`` settings of target ``name``: the entries whose spec is ``name`` or a prefix of
+    it, merged with the most specific last (``train`` and ``resources`` key by key, ``space`` replaced)."""
+    merged: dict[str, Any] = {"train": {}, "space": None, "resources": {}}
+    for spec in sorted(per_target, key=lambda s: s.count("/")):
+        if name == spec or name.startswith(spec + "/"):
+            entry = per_target[spec]
+            merged["train"] |= entry.get("train") or {}
+            merged["resources"] |= entry.get("resources") or {}
+            merged["space"] = entry.get("space") or merged["space"]
+    return merged
+
+
+def check_per_target(per_target: dict[str, Any], base: TrainConfig) -> None:
+    """Every ``tune.per_target`` entry names a target and holds only known, well-typed settings."""
+    from raypipe.data.groups import get_scheme
+    from raypipe.data.targets import parse_target
+
+    scheme = get_scheme(base.age_scheme)
+    for spec, entry in per_target.items():
+        where = f"tune.per_target.{spec}"
+        with bad_input("tune.per_target", field=spec):
+            parse_target(spec, scheme)
+        if not isinstance(entry, dict) or set(entry) - {"train", "space", "resources"}:
+            raise InputError(where, "expected a mapping with `train`, `space` and/or `resources`, got "
+                             f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+        from_dict(TrainConfig, {**to_dict(base), **(entry.get("train") or {})}, where)  # unknown keys, types
+        from_dict(Resources, entry.get("resources") or {}, where, prefix="resources.")
+
+
+def resources_for(base: Resources, per_target: dict[str, Any], name: str, given: dict[str, Any] | None = None
+                  ) -> Resources:
+    """Target ``name``'s resources: the ``resources:`` block, its ``per_target`` entries, then ``given``
+    (the command line's values, None = not given)."""
+    own = settings_for(per_target, name)["resources"]
+    cli = {k: v for k, v in (given or {}).items() if v is not None}
+    return from_dict(Resources, to_dict(base) | own | cli, "command line" if cli else "resources")

@@ -6,6 +6,8 @@ Anything the user can fix (a bad CSV row, a missing image, an unknown config key
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 EXIT_INPUT = 2
@@ -38,6 +40,16 @@ class InputError(Exception):
         if self.field is not None:
             where.append(f"field '{self.field}'")
         return f"{', '.join(where)}: {self.reason}"
+
+
+@contextlib.contextmanager
+def bad_input(file: str | Path, *, field: str | None = None, note: str = "") -> Iterator[None]:
+    """A ``ValueError`` from a check that does not know where its input came from (a target spec, an age
+    scheme, a loss for a class count) becomes an ``InputError`` naming that place."""
+    try:
+        yield
+    except ValueError as exc:
+        raise InputError(file, f"{exc}{note}", field=field) from None
 
 
 def _rebuild(file: str, reason: str, row: int | None, field: str | None) -> InputError:

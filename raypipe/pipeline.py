@@ -50,7 +50,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
     """``storage``: Ray's storage for the tune stage (``--storage``; a directory also holds the cache)."""
     from raypipe import report
     from raypipe.ship.promote import promote, summary
-    from raypipe.train.launch import Storage
+    from raypipe.storage import Storage
     from raypipe.tune import study as studies
 
     run_dir = Path(run_dir)
@@ -67,10 +67,11 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
     _record_prepared(record, "cache", f"{prepared.data_hash}:{cache.size}px:{cache.masking}",
                      f"{'built' if cache.built else 'reused'} {cache.directory}", say)
 
-    options = studies.TuneOptions.from_plan(preset.tune, storage=storage)
+    options = studies.TuneOptions.from_plan(preset.tune, preset.resources, storage=storage)
     planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
                            experiment, options, source, per_target=preset.tune.per_target)
     tune_inputs = {"train": to_dict(preset.train), "tune": to_dict(preset.tune),
+                   "resources": {s.target.name: to_dict(s.resources) for s in planned},
                    "targets": {s.target.name: [s.space.sha256, s.data_hash, s.split_hash] for s in planned}}
     tune_key = fsio.sha256_bytes(json.dumps(tune_inputs, sort_keys=True, default=str).encode())
 
@@ -83,6 +84,9 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
             options.resume = True
             planned = studies.plan(data, list(preset.tune.targets), preset.tune.space, preset.train, {}, run_dir,
                                    experiment, options, source, per_target=preset.tune.per_target)
+        from raypipe.ray_cluster import check_gpus
+
+        check_gpus(max(s.resources.gpus_per_trial for s in planned))  # before the record says "started"
         record.mark("tune", tune_key, finished=False)
         outcomes = studies.run(planned, options, run_dir, on_tick=on_tick)
         record.mark("tune", tune_key, finished=True, targets=[o.target for o in outcomes if o.best_trial])
@@ -102,7 +106,8 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
                 say(f"promote: {target} already promoted (v{results[target]['version']}), kept")
                 continue
             p = promote(data, target, run_dir, experiment, preset.promote.margin, source, preset.promote.bootstrap,
-                        preset.promote.folds, preset.promote.shortcut_tolerance)
+                        preset.promote.folds, preset.promote.shortcut_tolerance,
+                        options.resources_for(preset.tune.per_target, target))
             results[target] = {"model": p.model_name, "version": p.version, "alias": p.alias, "reason": p.reason}
             record.mark("promote", promote_key, finished=False, results=results)
             say(f"promote: {summary(p)}")

@@ -68,3 +68,19 @@ def test_yes_and_no_are_text_too(tmp_path):
     path.write_text("amp: yes\n")
     with pytest.raises(InputError, match="expected bool, got 'yes'"):
         load_train_config(path)
+
+
+def test_every_named_choice_comes_from_one_registry_and_is_checked_from_it():
+    import pytest
+
+    from raypipe.config import CHOICES, known_choices
+    from raypipe.errors import InputError
+    from raypipe.train.job import check_choices
+
+    assert set(CHOICES) == {"masking", "schedule", "searcher", "scheduler", "source", "loss", "sampler"}
+    assert {"off", "fill", "blur"} <= set(known_choices("masking")) and "auto" in known_choices("source")
+    assert {"focal", "bce"} <= set(known_choices("loss")) and "weighted" in known_choices("sampler")
+    check_choices(TrainConfig())  # the defaults are known names
+    for key in ("masking", "schedule", "loss", "sampler"):
+        with pytest.raises(InputError, match=f"unknown {key} 'nonesuch'"):
+            check_choices(TrainConfig(**{key: "nonesuch"}))

@@ -30,7 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from raypipe.errors import InputError
 from raypipe.ship import boxes as text_boxes
-from raypipe.ship.promote import CHAMPION, model_name
+from raypipe.ship.aliases import CHAMPION
+from raypipe.ship.promote import model_name
 
 DICOM_VIEWS = {"AP": "AP", "PA": "AP", "LL": "Lat", "LAT": "Lat", "LATERAL": "Lat", "RL": "Lat"}
 

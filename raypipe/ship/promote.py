@@ -14,22 +14,18 @@
   6. under a lock: alias ``champion`` only if its out-of-fold figure clears chance and beats the current
      champion's on the same images (paired patient bootstrap, lower bound above ``margin``), else
      ``challenger`` with the reason tagged. The test set never decides.
-``rollback`` moves ``champion`` back to the version it replaced.
+Step 6 and ``rollback`` (``champion`` back to the version it replaced) live in ship/aliases.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import socket
 import tempfile
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +33,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raypipe import faults
-from raypipe.config import TrainConfig, from_dict
+from raypipe import spec as run_spec
+from raypipe.config import RESOURCE_KEYS, PromotePlan, Resources, TrainConfig, from_dict
 from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
@@ -49,27 +45,14 @@ from raypipe.errors import InputError
 from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
+from raypipe.ray_cluster import check_gpus
 from raypipe.ship import packaging, selection
-from raypipe.tracking.runs import experiment_id, git_sha, tracking_uri
+from raypipe.ship.aliases import Promotion, _lock, decide
+from raypipe.spec import compose
+from raypipe.tracking.runs import closing_run, experiment_id, fail_run, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-@dataclass
-class Promotion:
-    model_name: str
-    version: str
-    alias: str  # champion | challenger
-    reason: str
-    metric: str  # the selection metric: oof_auroc | oof_macro_f1
-    value: float  # out of fold: what decided
-    ci95: tuple[float, float]
-    previous_champion: str | None
-    test_value: float = math.nan  # reported, never decided on
-    test_ci95: tuple[float, float] = (math.nan, math.nan)
-    shortcut_flag: bool | None = None  # binary models: the shortcut audit's flag (evaluate/shortcuts.py)
+from raypipe.train.metrics import scores_from_logits
 
 
 def summary(p: Promotion) -> str:
@@ -103,7 +86,10 @@ def best_of_study(client: MlflowClient, exp_id: str, target: str) -> dict[str, A
     return {"study_run_id": study.info.run_id, "study": study.data.tags["raypipe.study"], "monitor": monitor,
             "trial_run_id": best["run_id"], "trial_id": best["trial_id"], "config": best["config"],
             "epochs": int(peak.step), "lr_by_epoch": [lr[e] for e in range(1, int(peak.step) + 1) if e in lr],
-            "split_hash": study.data.tags["raypipe.split_hash"]}
+            "split_hash": study.data.tags["raypipe.split_hash"],
+            # what the study's trials ran on: a retrain asks for the same unless told otherwise
+            "resources": from_dict(Resources, {k: float(v) if "." in v else int(v) for k, v in study.data.params.items()
+                                               if k in RESOURCE_KEYS}, f"study {study.data.tags['raypipe.study']}")}
 
 
 def replay_config(best: dict[str, Any]) -> TrainConfig:
@@ -119,13 +105,20 @@ def replay_config(best: dict[str, Any]) -> TrainConfig:
 
 # ----------------------------------------------------------------------------------- promote
 def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin: float = 0.0,
-            source: str = "auto", n_boot: int = 1000, folds: int = 3, shortcut_tolerance: float = 0.02) -> Promotion:
+            source: str = "auto", n_boot: int = 1000, folds: int = 3, shortcut_tolerance: float = 0.02,
+            resources: Resources | None = None) -> Promotion:
+    """``resources``: what the cross-fit and the retrain ask for (None = what the study's trials had)."""
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
     client = MlflowClient(uri)
     exp_id = experiment_id(client, experiment, run_dir)
     best = best_of_study(client, exp_id, target_spec)
-    cfg = replay_config(best)
+    res = resources or best["resources"]
+    check_gpus(res.gpus_per_trial)
+    spec = compose(experiment, target_spec, replay_config(best), resources=res,
+                   promote=PromotePlan(margin, n_boot, folds, shortcut_tolerance), origin=f"study {best['study']}")
+    cfg = spec.train
+    fit_resources = {"cpus_per_worker": res.cpus_per_worker, "gpus_per_worker": res.gpus_per_trial / res.workers_per_trial}
     prepared = prepare(data, cfg, run_dir, source)
     if prepared.split_hash != best["split_hash"]:
         raise InputError(f"target {target_spec}", "the data split changed since the study; tune again")
@@ -155,10 +148,13 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         "raypipe.data_hash": prepared.data_hash, "raypipe.split_hash": prepared.split_hash,
         "raypipe.git_sha": git_sha(), "mlflow.source.name": "raypipe promote"})
     run_id = run.info.run_id
-    try:
+    with closing_run(client, run_id):
         out_dir = run_dir / "promote" / run_id
-        evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot)
-        result = launch.fit(job, out_dir / "final", run_dir / "ray", name=f"promote-{run_id}", keep="last")
+        run_spec.log(client, run_id, spec)  # what to re-run this promotion from MLflow alone
+        evidence = _cross_fit(job, groups, folds, out_dir, run_dir, run_id, n_boot, fit_resources)
+        result = launch.fit(job, out_dir / "final", run_dir / "ray", name=f"promote-{run_id}", keep="last",
+                            **fit_resources)
+        client.log_metric(run_id, "retrain_world_size", result.world_size)  # as the loop saw it
         faults.point("promote:trained")
         model = _load(result.checkpoint)
         scores = _predict(model, job.cache, test_rows, job.n_classes)
@@ -209,15 +205,11 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
         promotion.shortcut_flag = None if audit is None else audit["flag"]
         client.set_tag(run_id, "raypipe.alias", promotion.alias)
         client.set_tag(run_id, "raypipe.reason", promotion.reason)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
     return promotion
 
 
 def _cross_fit(job, groups: np.ndarray, folds: int, out_dir: Path, run_dir: Path, run_id: str,
-               n_boot: int) -> selection.Selection:
+               n_boot: int, fit_resources: dict[str, float]) -> selection.Selection:
     """Out-of-fold scores of the recipe over train+val (``job.train_rows``), as selection evidence."""
     rows, y = job.train_rows, job.train_labels
 
@@ -225,7 +217,7 @@ def _cross_fit(job, groups: np.ndarray, folds: int, out_dir: Path, run_dir: Path
         fold_job = dataclasses.replace(job, train_rows=rows[train_idx], train_labels=y[train_idx],
                                        val_rows=rows[held_idx], val_labels=y[held_idx])
         result = launch.fit(fold_job, out_dir / "folds" / str(fold), run_dir / "ray",
-                            name=f"promote-{run_id}-fold{fold}", keep="last")
+                            name=f"promote-{run_id}-fold{fold}", keep="last", **fit_resources)
         return checkpoint.read_predictions(result.checkpoint)["scores"]  # the held-out rows, in order
 
     oof = selection.cross_fit(rows, y, groups, folds, job.cfg.seed, score_fold)
@@ -243,8 +235,7 @@ def _close_dead_promotions(client: MlflowClient, exp_id: str, target: str) -> No
         try:
             os.kill(int(tags["raypipe.pid"]), 0)
         except ProcessLookupError:
-            client.set_tag(run.info.run_id, "raypipe.reason", "the promoting process died before it finished")
-            client.set_terminated(run.info.run_id, "FAILED")
+            fail_run(client, run.info.run_id, "the promoting process died before it finished")
         except PermissionError:
             pass  # alive, another user's
 
@@ -289,7 +280,7 @@ def _predict(model: torch.nn.Module, cache, rows: np.ndarray, n_classes: int) ->
     loader = torch.utils.data.DataLoader(dataset, batch_size=64)
     with torch.no_grad():
         logits = torch.cat([model(images).float() for images, _ in loader])
-    return torch.sigmoid(logits.reshape(-1)).numpy() if n_classes == 2 else torch.softmax(logits, 1).numpy()
+    return scores_from_logits(logits, n_classes)
 
 
 def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str):
@@ -312,84 +303,3 @@ def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str
             # until the alias is decided (a kill in between must leave the run RUNNING, then FAILED).
             mlflow.end_run(status="RUNNING")
     return MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
-
-
-# -------------------------------------------------------------------------------- the aliases
-@contextlib.contextmanager
-def _lock(run_dir: Path, name: str) -> Iterator[None]:
-    """Serialise alias changes of one model (same host; a shared run dir serialises a cluster's)."""
-    path = Path(run_dir) / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def current_champion(client: MlflowClient, name: str):
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
-
-def decide(client: MlflowClient, name: str, version: str, evidence: selection.Selection, split_hash: str,
-           margin: float, n_boot: int = 1000) -> Promotion:
-    """Give ``version`` the champion alias if its out-of-fold evidence wins, else the challenger alias.
-
-    A version whose CI includes chance is registered but never champion. Against a champion on the same
-    split, both recipes scored the same train+val images out of fold: ``version`` wins only when the
-    lower bound of the paired patient-bootstrap CI of the difference exceeds ``margin``. Call under ``_lock``.
-    """
-    champion = current_champion(client, name)
-    previous = str(champion.version) if champion else None
-    metric = f"oof_{evidence.metric}"
-    shown = f"{metric} {evidence.value:.3f} (95% CI {evidence.ci95[0]:.3f}-{evidence.ci95[1]:.3f})"
-    if not evidence.above_chance:
-        alias, reason = CHALLENGER, f"{shown} includes chance ({evidence.chance:.3f}): never champion"
-        client.set_model_version_tag(name, version, "raypipe.chance_floor", "failed")
-    elif champion is None:
-        alias, reason = CHAMPION, f"first version of this model; {shown} is above chance"
-    elif champion.tags.get("split_hash") != split_hash:
-        alias, reason = CHALLENGER, (f"champion v{champion.version} was selected on another split "
-                                     f"({champion.tags.get('split_hash', '?')[:12]}); not comparable")
-    elif (theirs := selection.load_from_run(client, champion.run_id, n_boot)) is None:
-        alias, reason = CHAMPION, (f"champion v{champion.version} has no out-of-fold evidence (chosen before "
-                                   f"selection without test); {shown} is above chance")
-    else:
-        diff, (low, high) = selection.paired_difference(evidence, theirs, n_boot)
-        versus = f"{diff:+.3f} vs champion v{champion.version} (paired 95% CI {low:+.3f} to {high:+.3f})"
-        if low > margin:
-            alias, reason = CHAMPION, f"{metric} {versus}: better by more than the margin {margin}"
-        else:
-            alias, reason = CHALLENGER, f"{metric} {versus}: not better by more than the margin {margin}"
-    if alias == CHAMPION:
-        if previous:
-            client.set_model_version_tag(name, version, "previous_champion", previous)
-        faults.point("promote:deciding")
-        client.set_registered_model_alias(name, CHAMPION, version)  # one atomic move: never two champions
-    else:
-        client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, "promotion", f"{alias}: {reason}")
-    return Promotion(name, str(version), alias, reason, metric, evidence.value, evidence.ci95,
-                     previous if alias == CHAMPION else None)
-
-
-def rollback(client: MlflowClient, name: str, run_dir: Path) -> str:
-    """Move ``champion`` back to the version the current champion replaced; return that version."""
-    with _lock(run_dir, name):
-        champion = current_champion(client, name)
-        if champion is None:
-            raise InputError(name, "has no champion to roll back")
-        previous = champion.tags.get("previous_champion")
-        if not previous:
-            raise InputError(name, f"champion v{champion.version} replaced no earlier version")
-        try:
-            client.get_model_version(name, previous)
-        except MlflowException:
-            raise InputError(name, f"the previous champion v{previous} no longer exists") from None
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
-        return previous

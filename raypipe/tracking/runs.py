@@ -12,6 +12,7 @@ tags are hashes and names, metrics are aggregates.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -19,6 +20,7 @@ import re
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 # mlflow sets its logger to INFO on import; its schema-migration chatter is not for users.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-DEFAULT_EXPERIMENT = "raypipe"
 
 
 def tracking_uri(run_dir: Path) -> str:
@@ -85,6 +85,24 @@ def ui_hint(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open the MLflow UI: {uri}"
     return f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str | None = None) -> None:
+    """Mark a run FAILED, with the reason as its ``raypipe.reason`` tag: the one way raypipe fails a run."""
+    if reason:
+        client.set_tag(run_id, "raypipe.reason", reason[:5000])
+    client.set_terminated(run_id, "FAILED")
+
+
+@contextlib.contextmanager
+def closing_run(client: MlflowClient, run_id: str) -> Iterator[str]:
+    """The run ends FINISHED with the block, or FAILED when the block raises (or is interrupted)."""
+    try:
+        yield run_id
+    except BaseException:
+        fail_run(client, run_id)
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def experiment_id(client: MlflowClient, name: str, run_dir: Path) -> str:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +14,16 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from raypipe import fsio
+from raypipe import spec as run_spec
 from raypipe.config import TrainConfig, to_dict
 from raypipe.data.prepare import PreparedData, Progress, prepare
 from raypipe.data.targets import Target, parse_target
-from raypipe.errors import InputError
+from raypipe.errors import InputError, bad_input
 from raypipe.models.backbones import model_spec
+from raypipe.ray_cluster import check_gpus
+from raypipe.spec import RunSpec
 from raypipe.tracking import plots
-from raypipe.tracking.runs import EpochLogger, experiment_id, flat_params, git_sha, tracking_uri
+from raypipe.tracking.runs import EpochLogger, closing_run, experiment_id, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.loop import TrainJob
 from raypipe.train.metrics import confusion, default_monitor, evaluate, predictions
@@ -41,14 +45,11 @@ def check_choices(cfg: TrainConfig, origin: str = "config") -> None:
     """Named choices are checked before any worker starts: a typo is exit 2, not a worker traceback."""
     import timm
 
-    from raypipe.data.sampling import SAMPLERS
-    from raypipe.models.losses import LOSSES
+    from raypipe.config import CHOICES, check_choice
 
-    choices = {"loss": LOSSES.names(), "sampler": SAMPLERS.names(), "schedule": ["cosine", "plateau"],
-               "masking": ["off", "fill", "blur"]}
-    for key, known in choices.items():
-        if getattr(cfg, key) not in known:
-            raise InputError(origin, f"unknown {key} {getattr(cfg, key)!r} (known: {', '.join(known)})", field=key)
+    for key in sorted(CHOICES.keys() & {f.name for f in dataclasses.fields(cfg)}):
+        if why := check_choice(key, getattr(cfg, key)):
+            raise InputError(origin, why, field=key)
     if not timm.is_model(cfg.backbone):
         raise InputError(origin, f"unknown backbone {cfg.backbone!r} (any timm model name)", field="backbone")
     if cfg.pretrained:  # a missing file or uncached, unreachable hub weights: before any worker starts
@@ -93,16 +94,16 @@ def log_outcome(client: MlflowClient, run_id: str, job: TrainJob, best_dir: Path
     return {f"best_val_{k}": float(v) for k, v in metrics.items()}
 
 
-def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, experiment: str,
-                 source_kind: str = "auto", progress: Progress | None = None) -> TrainOutcome:
-    """``raypipe train``: prepare the data, train one target, record everything in MLflow."""
+def train_target(data: Path, spec: RunSpec, run_dir: Path, source_kind: str = "auto",
+                 progress: Progress | None = None) -> TrainOutcome:
+    """``raypipe train``: prepare the data, train one target, record everything (and ``spec``) in MLflow."""
     run_dir = Path(run_dir)
+    cfg, target_spec, experiment = spec.train, spec.target, spec.experiment
     check_choices(cfg)
+    check_gpus(spec.resources.gpus_per_trial)
     prepared = prepare(data, cfg, run_dir, source_kind, progress)
-    try:
+    with bad_input("--target"):
         target = parse_target(target_spec, prepared.scheme)
-    except ValueError as exc:
-        raise InputError("--target", str(exc)) from None
     job = make_job(prepared, target, cfg)
 
     uri = tracking_uri(run_dir)
@@ -113,20 +114,17 @@ def train_target(data: Path, target_spec: str, cfg: TrainConfig, run_dir: Path, 
         "raypipe.split_hash": prepared.split_hash, "raypipe.git_sha": git_sha(), "raypipe.monitor": job.monitor,
         "mlflow.source.name": "raypipe train"})
     run_id = run.info.run_id
-    try:
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in
-                                         (flat_params("", to_dict(cfg)) | {"target": target.name}).items()])
+    with closing_run(client, run_id):
+        run_spec.log(client, run_id, spec)
         out_dir = run_dir / "train" / run_id
         fsio.write_yaml(out_dir / "config.yaml", {"target": target.name, **to_dict(cfg)})
         client.log_artifact(run_id, str(out_dir / "config.yaml"))
-        result = launch.fit(job, out_dir, run_dir / "ray", name=f"train-{run_id}", on_report=EpochLogger(uri, run_id))
+        result = launch.fit(job, out_dir, run_dir / "ray", name=f"train-{run_id}", on_report=EpochLogger(uri, run_id),
+                            cpus_per_worker=spec.resources.cpus_per_worker,
+                            gpus_per_worker=spec.resources.gpus_per_trial / spec.resources.workers_per_trial)
         best = log_outcome(client, run_id, job, result.checkpoint)
         now = mlflow.utils.time.get_current_time_millis()
         client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, now, result.best_epoch) for k, v in best.items()])
         client.set_tag(run_id, "raypipe.best_epoch", str(result.best_epoch))
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
     return TrainOutcome(run_id, exp_id, uri, target.name, result.best_epoch, result.epochs_run, best,
                         result.checkpoint)

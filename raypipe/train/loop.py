@@ -33,7 +33,7 @@ from raypipe.data.sampling import KeyedDraws, build_sampler
 from raypipe.models.backbones import build_model, model_spec
 from raypipe.models.losses import build_loss
 from raypipe.train import checkpoint
-from raypipe.train.metrics import evaluate
+from raypipe.train.metrics import evaluate, scores_from_logits
 from raypipe.train.session import RaySession, Session
 
 
@@ -65,7 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: the same loop with a Ray Train session."""
     session = RaySession("train")
     if config.get("placement_group_key") and session.rank == 0:
-        from raypipe.train.launch import record_placement_group
+        from raypipe.ray_cluster import record_placement_group
 
         record_placement_group(config["placement_group_key"])
     run(config["job"], session)
@@ -119,7 +119,9 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
         kill_point = f"train:rank{session.rank}@{epoch}"
         fault = functools.partial(faults.point, kill_point, FAULT_DELAY_S) if faults.armed(kill_point) else None
         train_loss = _train_epoch(model, train_loader, criterion, optimizer, cfg.grad_clip, amp, device, world, fault)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+        # world_size: how many DDP ranks trained this epoch, so a run shows it really ran distributed
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+                                   "world_size": world}
         if resumed is not None:
             metrics["resumed_from_epoch"], resumed = resumed, None
         ckpt_dir = None
@@ -194,9 +196,8 @@ def _predict(model, loader, criterion, n_classes, amp, device) -> tuple[np.ndarr
         with amp:
             logits = model(images).float()
         loss_sum += float(criterion(logits, labels)) * len(labels)
-        probs = torch.sigmoid(logits.reshape(-1)) if n_classes == 2 else torch.softmax(logits, dim=1)
         ys.append(labels.cpu().numpy())
-        scores.append(probs.cpu().numpy())
+        scores.append(scores_from_logits(logits, n_classes))
     y = np.concatenate(ys) if ys else np.zeros(0, dtype=np.int64)
     s = np.concatenate(scores) if scores else np.zeros((0,) if n_classes == 2 else (0, n_classes))
     return y, s, loss_sum / max(len(y), 1)
@@ -213,7 +214,7 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: use cosine or plateau")
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")  # config.CHOICES: refused before any worker starts
 
 
 def _step_scheduler(scheduler, cfg: TrainConfig, score: float) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from raypipe.config import TunePlan, check_value
+from raypipe.config import RESOURCE_KEYS, Resources, TunePlan, check_value, resources_for
 from raypipe.errors import InputError
 from raypipe.tune import search
 
@@ -14,12 +14,15 @@ from raypipe.tune import search
 @dataclass
 class TuneOptions:
     """A tuning run's settings: the pipeline config's ``tune:`` block (``TunePlan``) under the command
-    line's values (``from_plan``), plus what only a command says (resources, resume, storage)."""
+    line's values (``from_plan``), plus what only a command says (resume, storage). Resources: the config's
+    ``resources:`` block (``resources``) under the command line's (``workers_per_trial``... None = not
+    given), per target with ``tune.per_target`` in between (``resources_for``)."""
 
     trials: int = 8
-    workers_per_trial: int = 1
-    gpus_per_trial: float = 0.0
-    cpus_per_worker: float = 1.0
+    workers_per_trial: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_worker: float | None = None
+    resources: Resources = field(default_factory=Resources)
     max_concurrent: int | None = None  # per study; None = as many as the cluster's CPUs allow
     seed: int = 0
     resume: bool = False
@@ -34,16 +37,25 @@ class TuneOptions:
 
     def __post_init__(self) -> None:
         for name in ("trials", "max_concurrent", "seed", "searcher", "scheduler", "epoch_budget", "grace_period",
-                     "reduction_factor", "startup_trials"):
+                     "reduction_factor", "startup_trials", *RESOURCE_KEYS):
             if getattr(self, name) is not None and (why := check_value(name, getattr(self, name))):
                 raise InputError("command line", why, field=f"--{name.replace('_', '-')}")
 
     @classmethod
-    def from_plan(cls, plan: TunePlan | None, **given: Any) -> TuneOptions:
+    def from_plan(cls, plan: TunePlan | None, resources: Resources | None = None, **given: Any) -> TuneOptions:
         """The ``tune:`` block's values, each replaced by the command line's where it gave one (not None)."""
         shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(TunePlan)}
         values = {name: getattr(plan or TunePlan(), name) for name in shared}
-        return cls(**(values | {k: v for k, v in given.items() if v is not None}))
+        return cls(**(values | {k: v for k, v in given.items() if v is not None}), resources=resources or Resources())
+
+    def resources_for(self, per_target: dict[str, Any], target: str) -> Resources:
+        """What each trial of ``target`` asks for: ``resources:``, ``tune.per_target``, the command line."""
+        return resources_for(self.resources, per_target, target, {k: getattr(self, k) for k in RESOURCE_KEYS})
+
+    def spec(self) -> dict[str, Any]:
+        """What decides a study's search (a run spec's ``tune``; resources and storage are its own fields)."""
+        return {k: getattr(self, k) for k in ("trials", "seed", "searcher", "scheduler", "epoch_budget", "grace_period",
+                                              "reduction_factor", "startup_trials", "max_concurrent")}
 
     def budget(self, epochs: int) -> dict[str, int]:
         """The resolved search budget of a study whose trials run up to ``epochs`` epochs."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mlflow.tracking import MlflowClient
 
 if TYPE_CHECKING:
-    from raypipe.tune.study import Study
+    from raypipe.tune.plan import Study
 
 
 def optuna_study(study: Study):

@@ -42,7 +42,7 @@ def seed_for(seed: int, target: str, round_: int) -> int:
 
 
 def sampler(searcher: str, seed: int, n_startup: int):
-    """``tpe`` or ``random`` (config.SEARCHERS), seeded."""
+    """``tpe`` or ``random`` (config.SEARCHERS, checked there), seeded."""
     from optuna.samplers import RandomSampler, TPESampler
 
     if searcher == "random":
@@ -52,7 +52,7 @@ def sampler(searcher: str, seed: int, n_startup: int):
 
 def scheduler(name: str, state: StudyState, metric: str, epochs: int, grace: int,
               reduction_factor: int) -> TrialScheduler:
-    """``asha`` or ``fifo`` (config.SCHEDULERS)."""
+    """``asha`` or ``fifo`` (config.SCHEDULERS, checked there)."""
     if name == "fifo":
         return FIFOScheduler()
     return PruneRecordingASHA(state, metric, epochs, grace, reduction_factor)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from raypipe import fsio
-from raypipe.config import TrainConfig, _coerce, check_value, from_dict, load_yaml, to_dict
+from raypipe.config import TrainConfig, _coerce, check_value, from_dict, load_yaml
 from raypipe.errors import InputError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
@@ -116,9 +116,11 @@ def shipped() -> list[str]:
 
 
 def load_space(spec: str | Path, base: TrainConfig | None = None) -> SearchSpace:
-    """Read and validate a space; ``base`` (the study's config) is used to check categorical choices."""
+    """Read and validate a space; ``base`` with the space's ``fixed`` on top checks the categorical choices."""
+    from raypipe.spec import compose
+
     space = read_space(spec)
-    check_choices(space, base or TrainConfig())
+    check_choices(space, compose("-", "-", base or TrainConfig(), fixed=space.fixed, origin=space.path).train)
     return space
 
 
@@ -234,15 +236,15 @@ def _base_type(hint: Any) -> type:
     return options[0]
 
 
-def check_choices(space: SearchSpace, base: TrainConfig) -> None:
-    """Every categorical choice of a named setting (loss, sampler, backbone...) must be known."""
+def check_choices(space: SearchSpace, cfg: TrainConfig) -> None:
+    """Every categorical choice of a named setting (loss, sampler, backbone...) must be known, on top of
+    ``cfg`` (the study's composed config, raypipe/spec.py)."""
     from raypipe.train.job import check_choices as check_config
 
-    fixed_cfg = from_dict(TrainConfig, {**to_dict(base), **space.fixed}, space.path)
-    check_config(fixed_cfg, str(space.path))
+    check_config(cfg, str(space.path))
     for param in space.params:
         for choice in param.choices:
             try:
-                check_config(dataclasses.replace(fixed_cfg, **{param.name: choice}), str(space.path))
+                check_config(dataclasses.replace(cfg, **{param.name: choice}), str(space.path))
             except InputError as exc:
                 raise InputError(space.path, exc.reason, field=f"params.{param.name}.choices") from None

@@ -18,6 +18,7 @@ from typing import Any
 
 from ray import tune
 
+from raypipe import ray_cluster
 from raypipe.train import checkpoint, launch, loop
 from raypipe.train.loop import TrainJob
 from raypipe.train.session import NODE_KEY, RaySession
@@ -56,7 +57,7 @@ class ReleaseTrainWorkers(tune.Callback):
     """
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        launch.release_placement_group(placement_group_key(trial.trial_id))
+        ray_cluster.release_placement_group(placement_group_key(trial.trial_id))
         checkpoint.remove_staging(trial.trial_id)
 
     on_trial_error = on_trial_complete

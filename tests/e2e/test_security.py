@@ -251,7 +251,7 @@ def is_loopback(address: str) -> bool:
 DRIVER = """
 import sys
 import ray
-from raypipe.train.launch import init_ray
+from raypipe.ray_cluster import init_ray
 init_ray()
 ray.get(ray.remote(lambda: 1).remote())  # a worker process is up too
 print("ready", flush=True)

@@ -48,7 +48,7 @@ def test_mlflow_run_has_params_metrics_tags_artifacts(one_worker):
         assert len(client.get_metric_history(run.info.run_id, name)) == 4, name
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
     files |= {f.path for d in ("plots", "checkpoint-fracture") for f in client.list_artifacts(run.info.run_id, d)}
-    assert {"config.yaml", "confusion_matrix.json", "plots/confusion_matrix.png", "plots/roc.png",
+    assert {"config.yaml", "run_spec.yaml", "confusion_matrix.json", "plots/confusion_matrix.png", "plots/roc.png",
             "checkpoint-fracture/model.safetensors", "checkpoint-fracture/spec.json"} <= files
     assert (run_dir / "mlartifacts").is_dir()  # embedded store keeps artifacts under the run dir
 

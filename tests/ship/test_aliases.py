@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from raypipe.errors import InputError
 from raypipe.ship import selection
-from raypipe.ship.promote import CHAMPION, _lock, current_champion, decide, rollback
+from raypipe.ship.aliases import CHAMPION, _lock, current_champion, decide, rollback
 
 NAME = "demo.fracture-AP-1"
 
