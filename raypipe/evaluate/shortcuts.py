@@ -30,7 +30,7 @@ import pandas as pd
 
 from raypipe.data.manifest import format_boxes, parse_boxes
 from raypipe.evaluate.clinical import subgroups
-from raypipe.train.metrics import binary_metrics
+from raypipe.train.metrics import binary_metrics, scores_from_logits
 
 DEFAULT_TOLERANCE = 0.02
 FEATURES = ("count", "cx", "cy", "w", "h")
@@ -139,7 +139,7 @@ def audit_model(model, cfg, data: Path, prepared, target, test_frame: pd.DataFra
             batch = [normalise(prepare(path, b, cfg.image_size, shuffle_masking if b else "off"))
                      for path, b in zip(test_frame["path"].iloc[start:start + 64], boxes[start:start + 64],
                                         strict=True)]
-            out.append(torch.sigmoid(model(torch.from_numpy(np.stack(batch))).float().reshape(-1)).numpy())
+            out.append(scores_from_logits(model(torch.from_numpy(np.stack(batch))), 2))
         return np.concatenate(out)
 
     return audit(train_boxes=fit_rows["text_boxes"].fillna("").tolist(), train_y=fit_y,

@@ -137,8 +137,11 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     patients = test_rows_frame["patient_id"].to_numpy()  # grouping only: never logged
     # Subgroups reported like a clinical study: one-year age bins and sex (aggregates only). Not for
     # the age model: within one age bin its true class is constant, so macro-F1 there means nothing.
-    subgroup_labels = {"age_bin": np.floor(test_rows_frame["age"].to_numpy(dtype=float)).astype(int),
-                       "sex": test_rows_frame["sex"].astype(str).to_numpy()} if job.n_classes == 2 else {}
+    # A source without ages (MURA) has no age bins.
+    ages = test_rows_frame["age"].to_numpy(dtype=float)
+    subgroup_labels = {"sex": test_rows_frame["sex"].astype(str).to_numpy()} if job.n_classes == 2 else {}
+    if subgroup_labels and np.isfinite(ages).all():
+        subgroup_labels["age_bin"] = np.floor(ages).astype(int)
 
     _close_dead_promotions(client, exp_id, target.name)
     run = client.create_run(exp_id, run_name=f"promote {target.name}", tags={

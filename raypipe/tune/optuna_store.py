@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from mlflow.tracking import MlflowClient
 
+from raypipe.tracking.runs import scrub
+
 if TYPE_CHECKING:
     from raypipe.tune.plan import Study
 
@@ -57,7 +59,7 @@ def log_study_plots(client: MlflowClient, run_id: str, study: Study) -> None:
             try:
                 ax = draw(ostudy)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. one distinct value only
-                client.set_tag(run_id, f"raypipe.plot.{name}", f"skipped: {exc}"[:250])
+                client.set_tag(run_id, f"raypipe.plot.{name}", scrub(f"skipped: {exc}")[:250])
                 continue
             fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
             fig.set_size_inches(9, 5)

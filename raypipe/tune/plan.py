@@ -113,7 +113,8 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
     studies: list[Study] = []
     explicit = target_specs != ["all"]
     check_per_target(per_target or {}, base)
-    for target in _targets(target_specs, base):
+    def plan_one(target: Target) -> str | None:
+        """Add ``target``'s study; why it cannot be tuned when it is skipped (``all`` only)."""
         space = read_space(settings_for(per_target or {}, target.name)["space"] or space_spec or target.kind)
         spec = compose(experiment, target.name, base, per_target=per_target, fixed=space.fixed, overrides=overrides,
                        resources=options.resources_for(per_target or {}, target.name), space=space.path,
@@ -136,11 +137,17 @@ def plan(data: Path, target_specs: list[str], space_spec: str | Path | None, bas
         else:
             if explicit:
                 raise InputError(f"target {target.name}", reason)
-            warnings.warn(f"skipping {target.name}: {reason}", stacklevel=2)
-            continue
+            warnings.warn(f"skipping {target.name}: {reason}", stacklevel=3)
+            return reason
         root = storage.join("tune", experiment)
         studies.append(Study(experiment, target, space, spec, job, prepared.data_hash, prepared.split_hash, storage,
                              storage.journal_dir(run_dir, experiment), _round(root, options.resume, target)))
+        return None
+
+    skipped = [plan_one(target) for target in _targets(target_specs, base)]
+    if not explicit and not any(s.target.kind == "fracture" for s in studies) and any(
+            r and "records no projection" in r for r in skipped):
+        plan_one(Target("fracture"))  # a source without projections (MURA): one model over every image
     if not studies:
         raise InputError("--target", "no target has enough data to tune")
     if options.resume:

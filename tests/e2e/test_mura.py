@@ -135,3 +135,16 @@ def test_per_projection_targets_stop_with_one_line(tuned, mura, config):
     assert proc.stderr.strip() == ("error: target fracture/AP: the source (mura) records no projection for any "
                                    "image; train 'fracture' (every image) instead"), proc.stderr
     assert sorted((run_dir / "tune").rglob("study.json")) == studies  # no study started
+
+
+def test_all_targets_on_mura_plan_one_fracture_model(tuned, mura):
+    """`raypipe tune` without --target (``all``) on a source with neither projections nor ages plans the one
+    model it can feed, `fracture` over every image, instead of stopping with "no target has enough data"."""
+    from raypipe.config import TrainConfig
+    from raypipe.tune.options import TuneOptions
+    from raypipe.tune.plan import plan
+
+    run_dir, *_ = tuned  # the same split and image cache: planning reads them, no Ray is started
+    with pytest.warns(UserWarning, match="skipping age: the source \\(mura\\) records no age"):
+        studies = plan(mura, ["all"], None, TrainConfig(**TINY), {}, run_dir, "mura-all", TuneOptions(trials=1))
+    assert [s.target.name for s in studies] == ["fracture"]
