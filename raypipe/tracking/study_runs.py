@@ -13,6 +13,7 @@ closes what a killed driver left RUNNING and deletes runs of trials Tune no long
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,40 @@ def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> li
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000)
 
 
+class PhaseTimes:
+    """Where a study's wall time goes, logged as metrics on its parent run (``metrics()``): Ray start, the
+    wait for the first trial, and each trial's wall time beyond its epochs (process start, data loading,
+    checkpoints, reporting). Driver-side, monotonic seconds; a resumed study counts this command only."""
+
+    def __init__(self) -> None:
+        self.run_started = time.monotonic()
+        self.ray_start_s = math.nan
+        self.first_trial_at = math.nan
+        self.epoch_seconds = 0.0  # the loop's own epoch_seconds, summed over every reported epoch
+        self.trial_seconds = 0.0  # trial wall time, start to end, summed
+        self.trials = 0  # trials that ended in this command
+        self._open: dict[str, float] = {}
+
+    def trial_started(self, trial_id: str) -> None:
+        now = time.monotonic()
+        self._open.setdefault(trial_id, now)
+        if math.isnan(self.first_trial_at):
+            self.first_trial_at = now
+
+    def trial_ended(self, trial_id: str) -> None:
+        if (began := self._open.pop(trial_id, None)) is not None:
+            self.trial_seconds += time.monotonic() - began
+            self.trials += 1
+
+    def metrics(self) -> dict[str, float]:
+        out = {"time_ray_start_s": self.ray_start_s, "time_to_first_trial_s": self.first_trial_at - self.run_started,
+               "time_in_epochs_s": self.epoch_seconds, "time_in_trials_s": self.trial_seconds,
+               "time_study_s": time.monotonic() - self.run_started}
+        if self.trials:
+            out["time_overhead_per_trial_s"] = (self.trial_seconds - self.epoch_seconds) / self.trials
+        return {k: round(v, 3) for k, v in out.items() if math.isfinite(v)}
+
+
 class StudyLogger(tune.Callback):
     """Tune driver callback: child runs under ``state.parent_run_id`` with params, epochs, status."""
 
@@ -53,10 +88,11 @@ class StudyLogger(tune.Callback):
         self.uri, self.experiment_id, self.state = uri, experiment_id, state
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
+        self.timing = PhaseTimes()
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
         return {"uri": self.uri, "experiment_id": self.experiment_id, "state": self.state,
-                "_client": None, "_runs": {}}
+                "_client": None, "_runs": {}, "timing": PhaseTimes()}
 
     @property
     def client(self) -> MlflowClient:
@@ -98,6 +134,7 @@ class StudyLogger(tune.Callback):
         run_id = self.run_id(trial)
         self.client.update_run(run_id, status="RUNNING")
         self.state.started_trial(trial.trial_id)
+        self.timing.trial_started(trial.trial_id)
 
     on_trial_restore = on_trial_start
 
@@ -108,6 +145,7 @@ class StudyLogger(tune.Callback):
                    if k not in SKIP_KEYS and isinstance(v, int | float) and not isinstance(v, bool)]
         if metrics:
             self.client.log_batch(self.run_id(trial), metrics=metrics)
+        self.timing.epoch_seconds += float(result.get("epoch_seconds", 0.0))
         self.state.result(trial, float(result.get(self.state.monitor, math.nan)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -127,6 +165,7 @@ class StudyLogger(tune.Callback):
             self.client.set_tag(run_id, key, value)
         self.client.set_terminated(run_id, status)
         self.state.ended_trial(trial.trial_id, failed=status == "FAILED")
+        self.timing.trial_ended(trial.trial_id)
 
     def load_existing(self) -> None:
         """A resumed study's earlier trials count in the progress table and the best so far."""

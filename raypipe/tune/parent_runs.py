@@ -82,7 +82,7 @@ def finalize(client: MlflowClient, study: Study, logger: StudyLogger) -> StudyOu
                        if state.is_base(t.config)), math.nan)
     counts = logger.counts()
     now = mlflow.utils.time.get_current_time_millis()
-    metrics = [Metric(k, float(v), now, 0) for k, v in counts.items()]
+    metrics = [Metric(k, float(v), now, 0) for k, v in counts.items() | logger.timing.metrics().items()]
     best_run_id = None
     if not math.isnan(base_value):
         metrics.append(Metric(f"base_{monitor}", base_value, now, 0))

@@ -68,7 +68,9 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    started = time.monotonic()
     init_ray()
+    ray_start_s = time.monotonic() - started
     import ray
 
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -89,6 +91,7 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
         parent = parent_run(client, exp_id, study, options)
         StudyState.open(study.key, total=options.trials, parent_run_id=parent)  # == study.state
         loggers[study.key] = StudyLogger(uri, exp_id, study.state)
+        loggers[study.key].timing.run_started, loggers[study.key].timing.ray_start_s = started, ray_start_s
         if options.resume:
             loggers[study.key].load_existing()
         # Registered here, in the main thread: Tune's trainable registry is not thread-safe.

@@ -19,7 +19,7 @@ from typing import Any
 from ray import tune
 
 from raypipe import ray_cluster
-from raypipe.train import checkpoint, launch, loop
+from raypipe.train import checkpoint, loop
 from raypipe.train.loop import TrainJob
 from raypipe.train.session import NODE_KEY, RaySession
 
@@ -32,7 +32,10 @@ def run_trial(config: dict[str, Any], job: TrainJob, train_storage: str, cpus_pe
         loop.run(trial_job, RaySession("tune", trial_job.cfg.use_gpu))
         return
 
+    # Ray Train only where it is used: a W=1 trial process never imports it (a second or more per process)
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raypipe.train import launch
 
     trial_id = tune.get_context().get_trial_id()
     trainer = launch.torch_trainer(trial_job, f"trial-{trial_id}", train_storage, [TuneReportCallback()],

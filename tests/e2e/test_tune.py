@@ -99,6 +99,19 @@ def test_asha_pruned_some_trials(study):
     assert sum(k.info.status == "KILLED" for kids in children.values() for k in kids) >= 1
 
 
+def test_the_parent_run_says_where_the_study_time_went(study):
+    """Every study reports its own overhead (issue 17): Ray start, the wait for the first trial, time in
+    epochs vs in trials, and the per-trial overhead beyond the epochs."""
+    _, parents, children = layout(study[0])
+    for target, parent in parents.items():
+        m = parent.data.metrics
+        assert 0 < m["time_ray_start_s"] < m["time_study_s"]
+        assert 0 < m["time_to_first_trial_s"] < m["time_study_s"]
+        assert 0 < m["time_in_epochs_s"] < m["time_in_trials_s"]  # a trial is more than its epochs
+        assert m["time_overhead_per_trial_s"] == pytest.approx(
+            (m["time_in_trials_s"] - m["time_in_epochs_s"]) / len(children[target]), rel=0.01, abs=0.01)
+
+
 def test_best_trial_beats_the_worst_and_is_recorded_on_the_parent(study):
     client, parents, children = layout(study[0])
     for target, parent in parents.items():
