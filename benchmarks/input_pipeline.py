@@ -192,7 +192,12 @@ def main() -> None:
                         f"(cache/seed {row['ratio_cache_over_seed']}x)")
                     results.append(row)
     at_384 = [r for r in results if r["size"] == 384]
+    # Stable keys a script can read (issue 17): cache over seed-style decode at 384 px from 1000x600 sources
+    ratios = {f"ratio_384_1000x600_w{r['workers']}": r["ratio_cache_over_seed"] for r in at_384
+              if r["source"] == "1000x600" and r["workers"] in (1, 2)}
     emit({
+        "ratio_384_1000x600_w1": ratios.get("ratio_384_1000x600_w1"),
+        "ratio_384_1000x600_w2": ratios.get("ratio_384_1000x600_w2"),
         "benchmark": "input_pipeline", **info, "quick": args.quick, "batch_size": args.batch_size,
         "augment": args.augment, "cv2_threads": cv2_threads, "results": results, "cache_builds": builds,
         "augment_ms_per_image_in_process": augment_ms,

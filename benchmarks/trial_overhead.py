@@ -201,8 +201,8 @@ def child_tune(args: argparse.Namespace, workers: int, concurrent: int | None) -
         from ray import tune
         from ray.tune.search.optuna import OptunaSearch
 
-        from raypipe.tracking.study_runs import StudyLogger
         from raypipe import ray_cluster
+        from raypipe.tracking.study_runs import StudyLogger
         from raypipe.tune import study as studies_mod
 
         timers.wrap(ray_cluster, "init_ray", "ray_start")  # tune.study imports it when a study runs
@@ -445,7 +445,15 @@ def main() -> None:
         results = {mode: run_child(mode, args, root, data, config, space) for mode in modes}
     summary = summarise(results, args.trials)
     w1 = summary.get("tune_w1", {})
+    w2 = summary.get("tune_w2", {})
     emit({
+        # Stable keys a script can read (issue 17): once per command, per trial, a W=2 trial's extra start-up
+        # over a W=1 trial, and W=1 wall over the bare loop's for the same trials (None: mode not run)
+        "fixed_s": w1.get("fixed_overhead_s"), "per_trial_s": w1.get("marginal_overhead_per_trial_s"),
+        "w2_start_s": (round(w2["marginal_overhead_per_trial_s"] - w1["marginal_overhead_per_trial_s"], 2)
+                       if "marginal_overhead_per_trial_s" in w2 and "marginal_overhead_per_trial_s" in w1 else None),
+        "tune_over_bare": (round(1 + w1["wall_vs_bare_pct"] / 100, 3) if w1.get("wall_vs_bare_pct") is not None
+                           else None),
         "benchmark": "trial_overhead", **info, "quick": args.quick, "trials": args.trials,
         "w2_trials": args.w2_trials or args.trials, "epochs": args.epochs,
         "backbone": cfg.backbone, "image_size": cfg.image_size, "target": TARGET,

@@ -36,6 +36,8 @@ def test_input_pipeline_reports_both_paths_and_the_augmentation_breakdown() -> N
     breakdown = out["augment_ms_per_image_in_process"]["64"]
     assert {"all", "Affine", "GaussNoise", "CLAHE", "normalise", "compose_overhead"} <= set(breakdown)
     assert out["target"]["met_by_case"] == {} and out["target"]["met"] is False  # no 384 px case measured
+    # the stable keys a script reads are always there, None when their case was not measured
+    assert out["ratio_384_1000x600_w1"] is None and out["ratio_384_1000x600_w2"] is None
     assert out["cores"] >= 1 and len(out["load_before"]) == 3
 
 
