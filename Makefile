@@ -40,7 +40,7 @@ test-unit: install
 test-e2e: install
 	$(PYTEST) -m e2e
 
-# The demo study: synthesises data if absent, tunes age + every fracture target on local Ray.
+# The demo study: synthesises data if absent, tunes the preset's targets (age, fracture/AP, fracture/Lat) on local Ray.
 # With RAY_ADDRESS=127.0.0.1:$(RAY_PORT) it attaches to the head from `make ray-up` (and its token).
 tune: install
 	$(if $(RAY_ADDRESS),RAY_ADDRESS=$(RAY_ADDRESS) RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$${RAY_AUTH_TOKEN_PATH:-$(RAY_TOKEN)}) \
