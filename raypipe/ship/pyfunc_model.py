@@ -32,7 +32,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from safetensors.torch import load_model
 
-from raypipe.train.metrics import scores_from_logits
+from raypipe.models.scores import scores_from_logits
 
 
 class XrayClassifier(mlflow.pyfunc.PythonModel):

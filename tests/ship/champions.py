@@ -13,7 +13,8 @@ from safetensors.torch import save_model
 from raypipe.config import TrainConfig
 from raypipe.data.groups import get_scheme
 from raypipe.models.backbones import build_model_from_spec, model_spec
-from raypipe.ship.promote import CHAMPION, _register, model_name
+from raypipe.ship.aliases import CHAMPION
+from raypipe.ship.promote import _register, model_name
 from raypipe.train import checkpoint
 
 SIZE = 32
