@@ -32,8 +32,6 @@ import torch
 from mlflow.exceptions import MlflowException
 from safetensors.torch import load_model
 
-from raypipe.models.scores import scores_from_logits
-
 
 class XrayClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
@@ -85,13 +83,12 @@ class XrayClassifier(mlflow.pyfunc.PythonModel):
             logits = self.model(torch.from_numpy(np.stack(images))).float()
         masked = {"masking": self.masking, "masked": [n > 0 for n in counts], "boxes_masked": counts}
         names = self.spec["class_names"]
-        scores = scores_from_logits(logits, len(names))
         if len(names) == 2:
-            probability = scores
+            probability = torch.sigmoid(logits.reshape(-1)).numpy()
             threshold = float(self.spec.get("threshold", 0.5))
             return pd.DataFrame({"probability": probability, "threshold": threshold,
                                  "label": [names[int(p >= threshold)] for p in probability], **masked})
-        probs = scores
+        probs = torch.softmax(logits, dim=1).numpy()
         return pd.DataFrame({"probabilities": [row.tolist() for row in probs],
                              "label": [names[int(i)] for i in probs.argmax(axis=1)], **masked})
 
