@@ -30,8 +30,7 @@ import pandas as pd
 
 from raypipe.data.manifest import format_boxes, parse_boxes
 from raypipe.evaluate.clinical import subgroups
-from raypipe.models.scores import scores_from_logits
-from raypipe.train.metrics import binary_metrics
+from raypipe.train.metrics import binary_metrics, scores_from_logits
 
 DEFAULT_TOLERANCE = 0.02
 FEATURES = ("count", "cx", "cy", "w", "h")

@@ -45,7 +45,6 @@ from raypipe.errors import InputError
 from raypipe.evaluate import shortcuts
 from raypipe.evaluate.clinical import evaluate_test
 from raypipe.models.backbones import build_model_from_spec
-from raypipe.models.scores import scores_from_logits
 from raypipe.ray_cluster import check_gpus
 from raypipe.ship import packaging, selection
 from raypipe.ship.aliases import Promotion, _lock, decide
@@ -53,6 +52,7 @@ from raypipe.spec import compose
 from raypipe.tracking.runs import closing_run, experiment_id, fail_run, git_sha, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
+from raypipe.train.metrics import scores_from_logits
 
 
 def summary(p: Promotion) -> str:

@@ -32,9 +32,8 @@ from raypipe.data.dataset import CachedImageDataset
 from raypipe.data.sampling import KeyedDraws, build_sampler
 from raypipe.models.backbones import build_model, model_spec
 from raypipe.models.losses import build_loss
-from raypipe.models.scores import scores_from_logits
 from raypipe.train import checkpoint
-from raypipe.train.metrics import evaluate
+from raypipe.train.metrics import evaluate, scores_from_logits
 from raypipe.train.session import RaySession, Session
 
 

@@ -75,3 +75,12 @@ def predictions(scores: np.ndarray, n_classes: int, threshold: float = 0.5) -> n
 
 def default_monitor(n_classes: int) -> str:
     return "val_auroc" if n_classes == 2 else "val_macro_f1"
+
+
+def scores_from_logits(logits, n_classes: int) -> np.ndarray:
+    """A model's logits (a torch tensor) -> scores: P(positive) per image for a binary model (one logit,
+    sigmoid), a row of class probabilities otherwise (softmax). The one place this is decided."""
+    import torch
+
+    logits = logits.detach().float().cpu()
+    return (torch.sigmoid(logits.reshape(-1)) if n_classes == 2 else torch.softmax(logits, dim=1)).numpy()

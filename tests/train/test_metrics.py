@@ -26,7 +26,7 @@ def test_multiclass_macro_f1():
 def test_scores_from_logits_binary_is_sigmoid_and_multiclass_rows_sum_to_one():
     import torch
 
-    from raypipe.models.scores import scores_from_logits
+    from raypipe.train.metrics import scores_from_logits
 
     binary = scores_from_logits(torch.tensor([[0.0], [2.0]]), 2)
     assert binary.shape == (2,) and binary[0] == 0.5 and 0.88 < binary[1] < 0.89
