@@ -40,7 +40,9 @@ def shortcut_data(tmp_path_factory) -> Path:
 def raypipe(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m raypipe ...`` in a fresh process, as a person would."""
     # A tracking URI from the caller's shell must not redirect the test's runs away from its run dir.
-    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # mlflow.set_tracking_uri/set_registry_uri (in-process tests, raypipe's own _register) export these: a
+    # CLI run by a later test in the same worker would otherwise read and write another test's store
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     full_env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "raypipe", *args], capture_output=True, text=True,
                           env=full_env, cwd=REPO, timeout=timeout)
