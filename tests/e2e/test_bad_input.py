@@ -250,7 +250,7 @@ def run_case(case: Case, case_dir: Path) -> Outcome:
     args, watched = case.make(case_dir)
     before = snapshot(watched)
     ray_tmp = Path(tempfile.mkdtemp(prefix="rpbad-", dir="/tmp"))  # short: Ray's socket paths must fit
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS")}
     env |= {"PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp), "COLUMNS": "200"}
     started = time.perf_counter()
     try:

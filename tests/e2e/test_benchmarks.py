@@ -15,7 +15,7 @@ from tests.e2e.conftest import REPO
 
 
 def bench(script: str, *args: str) -> tuple[dict, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS")}
     proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -25,7 +25,7 @@ def start(data: Path, run_dir: Path) -> subprocess.Popen:
     args = ["tune", "--data", str(data), "--run-dir", str(run_dir), "--experiment", "det", "--target", "fracture",
             "--trials", str(TRIALS), "--max-concurrent", "1", "--seed", "3", "--epochs", "2",
             "--set", "image_size=48", "--set", "test_per_class=3"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS")}
     return subprocess.Popen([sys.executable, "-m", "raypipe", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env | {"PYTHONUNBUFFERED": "1"})
 

@@ -31,7 +31,7 @@ def run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.C
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ray-head")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS")}
     # every port free: another head on this machine (a parallel test run) holds Ray's defaults
     ports = {"RAY_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(free_port()), "RAY_AGENT_PORT": str(free_port())}
     make_vars = [f"RUN_DIR={tmp_path}", *(f"{k}={v}" for k, v in ports.items())]

@@ -26,7 +26,7 @@ def test_sigkill_driver_then_resume(synth_data, tmp_path):
     args = ["tune", "--data", str(synth_data), "--run-dir", str(tmp_path), "--experiment", "e2e",
             "--set", "image_size=48", "--set", "test_per_class=3", "--epochs", "4", "--target", "fracture",
             "--trials", str(TRIALS), "--max-concurrent", "1"]
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")} | {"PYTHONUNBUFFERED": "1"}
     # Its own session: after the driver dies, the Ray processes it started are swept up with the group.
     driver = subprocess.Popen([sys.executable, "-m", "raypipe", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env, start_new_session=True)

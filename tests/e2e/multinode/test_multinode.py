@@ -85,7 +85,7 @@ def test_losing_the_worker_node_mid_study_retries_its_trial_on_the_head(two_node
     # ASHA's first decision is at epoch 9 // 2 = 4 (its grace period): the trial seen at epoch 2 is still
     # running when its node goes, whatever it scores.
     trials, epochs = 3, 9
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env |= two_nodes.env | {"MLFLOW_TRACKING_URI": mlflow_server, "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
