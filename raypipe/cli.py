@@ -231,15 +231,14 @@ def promote_cmd(
     """Retrain a study's best trial on train+val, test it, register it; `champion` only if it wins.
 
     The retrain asks for the config's resources (a pipeline config), else what the study's trials had."""
-    from mlflow.tracking import MlflowClient
 
     from raypipe.ship import aliases
     from raypipe.ship import promote as ship
-    from raypipe.tracking.runs import tracking_uri
+    from raypipe.tracking.runs import store_client, tracking_uri
 
     experiment = experiment or default_experiment(preset, config)
     if rollback:
-        client = MlflowClient(tracking_uri(run_dir))
+        client = store_client(tracking_uri(run_dir))
         for spec in target:
             name = ship.model_name(experiment, spec)
             console.print(f"{name}: champion is v{aliases.rollback(client, name, run_dir)} again")
@@ -281,11 +280,9 @@ def predict_cmd(
     column, else --labels, else the GRAZPEDWRI-DX layout around the image."""
     import json
 
-    from mlflow.tracking import MlflowClient
-
     from raypipe import fsio
     from raypipe.ship.predict import Job, csv_jobs, predict_images
-    from raypipe.tracking.runs import tracking_uri
+    from raypipe.tracking.runs import store_client, tracking_uri
 
     experiment = experiment or default_experiment(preset, config)
     if labels is not None and not labels.is_dir():
@@ -293,7 +290,7 @@ def predict_cmd(
     jobs = [Job(Path(p), age, projection) for p in images or []] + (csv_jobs(csv, age, projection) if csv else [])
     if not jobs:
         raise InputError("command line", "give image files or --csv")
-    rows = predict_images(MlflowClient(tracking_uri(run_dir)), experiment, jobs, out, labels,
+    rows = predict_images(store_client(tracking_uri(run_dir)), experiment, jobs, out, labels,
                           warn=lambda line: err_console.print(line, markup=False, soft_wrap=True))
     for row in rows:
         console.print(json.dumps(row), markup=False, soft_wrap=True)
@@ -338,25 +335,23 @@ def report_cmd(
     config: Config = None,
 ) -> None:
     """One self-contained HTML page: test metrics with CIs, curves, calibration, tuning summary."""
-    from mlflow.tracking import MlflowClient
 
     from raypipe import report
-    from raypipe.tracking.runs import tracking_uri
+    from raypipe.tracking.runs import store_client, tracking_uri
 
     experiment = experiment or default_experiment(preset, config)
-    console.print(f"wrote {report.build(MlflowClient(tracking_uri(run_dir)), experiment, out)}")
+    console.print(f"wrote {report.build(store_client(tracking_uri(run_dir)), experiment, out)}")
 
 
 def _runs_view(run_dir: Path, experiment: str) -> None:
     """Print how to open the MLflow UI and the direct address of the experiment's runs: MLflow 3's UI opens
     an experiment on its GenAI overview otherwise (choose "Model training" there)."""
-    from mlflow.tracking import MlflowClient
 
-    from raypipe.tracking.runs import tracking_uri, ui_hint
+    from raypipe.tracking.runs import store_client, tracking_uri, ui_hint
 
     uri = tracking_uri(run_dir)
     console.print(ui_hint(uri), soft_wrap=True)
-    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    exp = store_client(uri).get_experiment_by_name(experiment)
     if exp is not None:
         base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
         console.print(f"runs of '{experiment}': {base}/#/experiments/{exp.experiment_id}/runs", soft_wrap=True)

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
 from raypipe import fsio
 from raypipe.config import Preset, to_dict
 from raypipe.data.prepare import prepare
-from raypipe.tracking.runs import tracking_uri
+from raypipe.tracking.runs import store_client, tracking_uri
 
 
 @dataclass
@@ -119,7 +117,7 @@ def run_pipeline(preset: Preset, experiment: str, data: Path, run_dir: Path, sou
     if record.done("report", report_key) and out.exists():
         say(f"report: unchanged, skipped ({out})")
     else:
-        client = MlflowClient(tracking_uri(run_dir))
+        client = store_client(tracking_uri(run_dir))
         report.build(client, experiment, out)
         run = client.create_run(client.get_experiment_by_name(experiment).experiment_id, run_name="pipeline report",
                                 tags={"raypipe.kind": "pipeline", "mlflow.source.name": "raypipe pipeline run"})

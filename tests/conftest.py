@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -51,3 +53,33 @@ def write_grazpedwri(root: Path, n_patients: int = 6, size: tuple[int, int] = (9
 @pytest.fixture
 def grazpedwri_tiny(tmp_path: Path) -> Path:
     return write_grazpedwri(tmp_path / "graz")
+
+
+_MLFLOW_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _mlflow_uri_state() -> tuple:
+    if "mlflow" not in sys.modules:
+        return None, None, {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in _MLFLOW_URI_VARS}
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_leaks():
+    """mlflow's process-wide tracking/registry URIs (and the variables they export) as each test found
+    them: a test that registers in its own store must not point the next test's clients at it."""
+    before = _mlflow_uri_state()
+    yield
+    if _mlflow_uri_state() != before and "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        tracking_utils._tracking_uri, registry_utils._registry_uri = before[0], before[1]
+        for key, value in before[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -79,10 +79,13 @@ class Router:
             else:
                 import mlflow
 
-                mlflow.set_tracking_uri(self.client.tracking_uri)  # models:/ resolves through these
-                mlflow.set_registry_uri(self.client.tracking_uri)
-                # read_paths: this command reads the files its user names (a served model reads none)
-                pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}", model_config={"read_paths": True})
+                from raypipe.tracking.runs import process_uris
+
+                # models:/ resolves through mlflow's process-wide URIs; read_paths: this command reads
+                # the files its user names (a served model reads none)
+                with process_uris(self.client.tracking_uri):
+                    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}",
+                                                      model_config={"read_paths": True})
                 self._loaded[name] = Champion(name, str(version.version), pyfunc.unwrap_python_model())
         return self._loaded[name]
 

@@ -49,7 +49,15 @@ from raypipe.ray_cluster import check_gpus
 from raypipe.ship import packaging, selection
 from raypipe.ship.aliases import Promotion, _lock, decide
 from raypipe.spec import compose
-from raypipe.tracking.runs import closing_run, experiment_id, fail_run, git_sha, tracking_uri
+from raypipe.tracking.runs import (
+    closing_run,
+    experiment_id,
+    fail_run,
+    git_sha,
+    process_uris,
+    store_client,
+    tracking_uri,
+)
 from raypipe.train import checkpoint, launch
 from raypipe.train.job import make_job
 from raypipe.train.metrics import scores_from_logits
@@ -110,7 +118,7 @@ def promote(data: Path, target_spec: str, run_dir: Path, experiment: str, margin
     """``resources``: what the cross-fit and the retrain ask for (None = what the study's trials had)."""
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     exp_id = experiment_id(client, experiment, run_dir)
     best = best_of_study(client, exp_id, target_spec)
     res = resources or best["resources"]
@@ -289,9 +297,7 @@ def _predict(model: torch.nn.Module, cache, rows: np.ndarray, n_classes: int) ->
 def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str):
     """Log the pyfunc (raypipe's code + safetensors + spec) in the promote run and register a new version."""
     spec = json.loads((Path(ckpt_dir) / checkpoint.SPEC_FILE).read_text()) | {"threshold": threshold}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with process_uris(uri), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no input_example": paths to images on this machine
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
@@ -305,4 +311,4 @@ def _register(uri: str, run_id: str, ckpt_dir: Path, threshold: float, name: str
             # Not a `with` block: leaving one marks the run FINISHED, and the promotion is not finished
             # until the alias is decided (a kill in between must leave the run RUNNING, then FAILED).
             mlflow.end_run(status="RUNNING")
-    return MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
+    return store_client(uri).get_model_version(name, str(info.registered_model_version))

@@ -45,6 +45,44 @@ def tracking_uri(run_dir: Path) -> str:
     return uri
 
 
+def store_client(uri: str) -> MlflowClient:
+    """A client whose model registry is the tracking store ``uri`` itself.
+
+    ``store_client(uri)`` alone takes its registry from mlflow's process-wide registry URI when one
+    was ever set (``mlflow.set_registry_uri`` also exports ``MLFLOW_REGISTRY_URI`` to children): in
+    a process that touched another store first it would read and write the other store's models.
+    """
+    return MlflowClient(uri, registry_uri=uri)
+
+
+_URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def process_uris(uri: str) -> Iterator[None]:
+    """mlflow's process-wide tracking and registry URIs set to ``uri`` for the block, then restored.
+
+    Fluent calls (``mlflow.start_run``, ``log_model``, ``models:/`` loads) read only these globals,
+    and setting them exports environment variables that every later subprocess would inherit.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in _URI_VARS}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])  # None unsets the tracking variable too
+        registry_utils._registry_uri = saved[1]
+        for key, value in saved[2].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @functools.cache
 def _check_server(uri: str) -> None:
     """Fail fast, in one line, on a server that is not there (MLflow itself retries for minutes)."""
@@ -160,7 +198,7 @@ class EpochLogger:
 
     def __call__(self, metrics: dict[str, Any], checkpoint: Any = None) -> None:
         if self._client is None:
-            self._client = MlflowClient(self.uri)
+            self._client = store_client(self.uri)
         step = int(metrics.get("epoch", 0))
         now = mlflow.utils.time.get_current_time_millis()
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()

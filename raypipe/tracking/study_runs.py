@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from raypipe.tracking.runs import scrub
+from raypipe.tracking.runs import scrub, store_client
 from raypipe.tune.state import StudyState, trial_number
 
 TERMINAL = {RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)}
@@ -97,7 +97,7 @@ class StudyLogger(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.uri)
+            self._client = store_client(self.uri)
         return self._client
 
     def run_id_for(self, trial_id: str) -> str | None:

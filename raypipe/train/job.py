@@ -23,7 +23,7 @@ from raypipe.models.backbones import model_spec
 from raypipe.ray_cluster import check_gpus
 from raypipe.spec import RunSpec
 from raypipe.tracking import plots
-from raypipe.tracking.runs import EpochLogger, closing_run, experiment_id, git_sha, tracking_uri
+from raypipe.tracking.runs import EpochLogger, closing_run, experiment_id, git_sha, store_client, tracking_uri
 from raypipe.train import checkpoint, launch
 from raypipe.train.loop import TrainJob
 from raypipe.train.metrics import confusion, default_monitor, evaluate, predictions
@@ -107,7 +107,7 @@ def train_target(data: Path, spec: RunSpec, run_dir: Path, source_kind: str = "a
     job = make_job(prepared, target, cfg)
 
     uri = tracking_uri(run_dir)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     exp_id = experiment_id(client, experiment, run_dir)
     run = client.create_run(exp_id, run_name=f"train {target.name}", tags={
         "raypipe.kind": "train", "raypipe.target": target.name, "raypipe.data_hash": prepared.data_hash,

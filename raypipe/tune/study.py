@@ -32,11 +32,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from ray import tune
 
 from raypipe.storage import join_uri, write_text
-from raypipe.tracking.runs import experiment_id, fail_run, tracking_uri
+from raypipe.tracking.runs import experiment_id, fail_run, store_client, tracking_uri
 from raypipe.tracking.study_runs import StudyLogger
 from raypipe.train.loop import best_key
 from raypipe.tune import search
@@ -81,7 +80,7 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
     max_concurrent = options.max_concurrent or max(1, int(cluster_cpus // per_trial) // len(studies))
 
     uri = tracking_uri(run_dir)
-    client = MlflowClient(uri)
+    client = store_client(uri)
     exp_id = experiment_id(client, studies[0].experiment, run_dir)
     loggers: dict[str, StudyLogger] = {}
     for study in studies:

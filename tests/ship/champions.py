@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from safetensors.torch import save_model
 
 from raypipe.config import TrainConfig
@@ -15,6 +14,7 @@ from raypipe.data.groups import get_scheme
 from raypipe.models.backbones import build_model_from_spec, model_spec
 from raypipe.ship.aliases import CHAMPION
 from raypipe.ship.promote import _register, model_name
+from raypipe.tracking.runs import store_client
 from raypipe.train import checkpoint
 
 SIZE = 32
@@ -23,7 +23,7 @@ SIZE = 32
 def register_champion(run_dir: Path, experiment: str, target: str, masking: str = "fill",
                       scheme: str = "4group", threshold: float = 0.5) -> str:
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
-    client = MlflowClient(uri, registry_uri=uri)  # not the registry a previous test made global
+    client = store_client(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=(run_dir / "mlartifacts").resolve().as_uri())

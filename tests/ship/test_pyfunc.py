@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from raypipe.data.dataset import normalise
 from raypipe.data.images import prepare
 from raypipe.ship import packaging
+from raypipe.tracking.runs import process_uris
 from tests.conftest import write_grazpedwri
 from tests.ship.champions import SIZE, register_champion
 
@@ -30,10 +31,9 @@ BOX = "0.125000 0.083333 0.187500 0.125000"
 def champion(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pyfunc")
     uri = register_champion(run_dir, "pf", "fracture", masking="fill", threshold=0.25)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     data = write_grazpedwri(run_dir / "graz", n_patients=2)
-    return run_dir, uri, sorted(data.glob("images_part*/*.png"))[0]
+    with process_uris(uri):  # models:/ loads below; restored after this module
+        yield run_dir, uri, sorted(data.glob("images_part*/*.png"))[0]
 
 
 def model_dir(run_dir: Path) -> Path:
