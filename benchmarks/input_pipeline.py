@@ -12,8 +12,11 @@ normalisation, measured at 224 and 384 px with 1 and 2 DataLoader workers:
                 i.e. raypipe without its cache: same pixels as (b), shows what the cache alone buys
   (b) cache     raypipe's ``CachedImageDataset`` over the uint8 memmap of ``data/cache.py``
 
-The loader is built per epoch and not persistent (as in ``train/loop.py``), so worker start-up counts. Each
-figure is the best of ``--repeats`` epochs of a sample count sized to a few seconds. Target (issue 7):
+(a) and (a2) hand normalised float32 samples out of a DataLoader built afresh each epoch (a plain PyTorch
+loader, as the seeds used it: worker start-up counts every epoch). (b) runs as ``train/loop.py`` does: uint8
+samples keyed ``(index, draw, epoch)``, one loader with persistent workers for all epochs, each batch
+normalised by ``to_model_input`` in the consuming process (counted here; on a GPU it runs on the device).
+Each figure is the best of ``--repeats`` epochs of a sample count sized to a few seconds. Target (issue 17):
 (b) >= 10x (a) at 384 px. The PNGs were just written, so they come from the page cache: on real storage
 (a) only gets slower.
 """
@@ -38,8 +41,10 @@ from _common import emit, machine, reserve_stdout, run_dir, say, synth  # noqa: 
 
 from raypipe.config import TrainConfig  # noqa: E402
 from raypipe.data import images  # noqa: E402
-from raypipe.data.dataset import CachedImageDataset, build_transforms, normalise  # noqa: E402
+from raypipe.data.dataset import CachedImageDataset, build_transforms, normalise, to_model_input  # noqa: E402
 from raypipe.data.prepare import prepare  # noqa: E402
+from raypipe.data.sampling import KeyedDraws  # noqa: E402
+from raypipe.train.loop import train_data_loader  # noqa: E402
 
 TARGET_RATIO = 10.0
 
@@ -83,14 +88,41 @@ class DecodeEachEpochDataset(_Augmented):
         return images.prepare(self.paths[index], self.boxes[index], self.size, "fill")
 
 
-def _one_epoch(ds: Dataset, workers: int, samples: int, batch: int, seed: int) -> float:
-    sampler = RandomSampler(ds, num_samples=samples, generator=torch.Generator().manual_seed(seed))
-    started = time.perf_counter()
-    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers)
-    n = 0
-    for x, _ in loader:
-        n += len(x)
-    return n / (time.perf_counter() - started)
+class _EpochSampler(RandomSampler):
+    """``samples`` random indices, a new draw per epoch (what ``KeyedDraws`` wraps in the loop)."""
+
+    def __init__(self, ds: Dataset, samples: int) -> None:
+        super().__init__(ds, num_samples=samples, generator=torch.Generator())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(epoch)
+
+
+def _fresh_loader_epochs(ds: Dataset, workers: int, samples: int, batch: int, repeats: int) -> list[float]:
+    """Seed style: a new loader per epoch, float32 samples normalised in the workers."""
+    rates = []
+    for epoch in range(repeats):
+        sampler = _EpochSampler(ds, samples)
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        n = sum(len(x) for x, _ in DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers))
+        rates.append(n / (time.perf_counter() - started))
+    return rates
+
+
+def _loop_epochs(ds: Dataset, workers: int, samples: int, batch: int, repeats: int) -> list[float]:
+    """raypipe's loop: one persistent-worker loader over keyed uint8 samples, normalised per batch."""
+    sampler = KeyedDraws(_EpochSampler(ds, samples))
+    loader = train_data_loader(ds, sampler, batch, num_workers=workers, persistent_workers=workers > 0)
+    rates = []
+    for epoch in range(repeats):
+        sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        n = 0
+        for x, _ in loader:
+            n += len(to_model_input(x))
+        rates.append(n / (time.perf_counter() - started))
+    return rates
 
 
 def _samples_for(ds: Dataset, workers: int, seconds: float, batch: int) -> int:
@@ -133,7 +165,8 @@ def augment_cost(cache, augment: float, draws: int = 200) -> dict[str, float]:
 
 def measure(ds: Dataset, workers: int, seconds: float, batch: int, repeats: int) -> dict:
     samples = _samples_for(ds, workers, seconds, batch)
-    rates = [_one_epoch(ds, workers, samples, batch, seed=r) for r in range(repeats)]
+    epochs = _loop_epochs if isinstance(ds, CachedImageDataset) else _fresh_loader_epochs
+    rates = epochs(ds, workers, samples, batch, repeats)
     return {"images_per_s": round(max(rates), 1), "all": [round(r, 1) for r in rates], "samples": samples}
 
 

@@ -115,7 +115,7 @@ def _bare_trial(job, np, torch) -> list[float]:
     from torch.utils.data import DataLoader
 
     from raypipe.data.dataset import CachedImageDataset
-    from raypipe.data.sampling import build_sampler
+    from raypipe.data.sampling import KeyedDraws, build_sampler
     from raypipe.models.backbones import build_model
     from raypipe.models.losses import build_loss
     from raypipe.train import loop
@@ -126,7 +126,7 @@ def _bare_trial(job, np, torch) -> list[float]:
     np.random.seed(cfg.seed)
     train_ds = CachedImageDataset(job.cache, job.train_rows, job.train_labels, cfg.augment, train=True, seed=cfg.seed)
     val_ds = CachedImageDataset(job.cache, job.val_rows, job.val_labels, 0.0, train=False, seed=cfg.seed)
-    sampler = build_sampler(cfg, job.train_labels, 0, 1)
+    sampler = KeyedDraws(build_sampler(cfg, job.train_labels, 0, 1))
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size)
     val_loader = DataLoader(val_ds, batch_size=2 * cfg.batch_size, shuffle=False)
     model = build_model(cfg, job.n_classes)
@@ -138,7 +138,6 @@ def _bare_trial(job, np, torch) -> list[float]:
     seconds = []
     for epoch in range(1, cfg.epochs + 1):
         sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
         t0 = time.perf_counter()
         loop._train_epoch(model, train_loader, criterion, optimizer, cfg.grad_clip, amp, device, 1)
         y, scores, _ = loop._predict(model, val_loader, criterion, job.n_classes, amp, device)
@@ -211,7 +210,7 @@ def child_tune(args: argparse.Namespace, workers: int, concurrent: int | None) -
         timers.wrap(studies_mod, "run", "run")
         timers.wrap(studies_mod, "parent_run", "mlflow_parent_run")
         # MlflowClient() on a fresh SQLite file creates the schema (~2 s), then the experiment is looked up
-        timers.wrap(studies_mod, "MlflowClient", "mlflow_store_open")
+        timers.wrap(studies_mod, "store_client", "mlflow_store_open")
         timers.wrap(studies_mod, "experiment_id", "mlflow_store_open")
         timers.wrap(studies_mod, "_trainable", "register_trainable")  # tune.with_parameters: the job into Ray
         timers.wrap(studies_mod, "_tuner", "tuner_setup")  # Optuna journal storage, searcher, Tuner()

@@ -1,8 +1,9 @@
 """Torch dataset over the decoded image cache, with strength-scaled augmentation.
 
-``__getitem__`` runs for every sample every epoch, so it does only: one memmap row read, the
-(optional) augmentation on a small uint8 image, one fused normalisation. All decoding happened
-once, in the cache.
+``__getitem__`` runs for every sample every epoch, so it does only: one memmap row read and the
+(optional) augmentation on a small uint8 image. All decoding happened once, in the cache. Samples
+leave the loader workers as uint8 (a quarter of float32's bytes through worker IPC and collation);
+``to_model_input`` normalises the whole batch where the model runs (on a GPU, for free).
 
 Augmentation (albumentations 2.0.8, the last MIT release) is scaled by one strength ``augment``
 in [0, 1] so a tuner searches a single number instead of five:
@@ -18,8 +19,9 @@ in [0, 1] so a tuner searches a single number instead of five:
 Randomness is reseeded per sample from (seed, epoch, draw): runs are reproducible, and forked
 DataLoader workers do not repeat each other's augmentations (a classic bug when a transform is
 seeded once and then copied into every worker). The training loop indexes the dataset with
-``(index, draw)`` pairs (``sampling.KeyedDraws``): an image drawn several times in an epoch (weighted
-sampling) or on several DDP ranks is augmented differently each time. Call ``set_epoch`` each epoch.
+``(index, draw, epoch)`` keys (``sampling.KeyedDraws``): an image drawn several times in an epoch
+(weighted sampling) or on several DDP ranks is augmented differently each time, and the epoch travels
+with the key, so persistent loader workers (started once per run, not per epoch) see every new epoch.
 """
 
 from __future__ import annotations
@@ -60,18 +62,25 @@ def build_transforms(augment: float, train: bool) -> A.Compose | None:
 
 
 def normalise(img: np.ndarray) -> np.ndarray:
-    """uint8 (S, S) -> float32 (1, S, S) as ``(x/255 - 0.5) / 0.25``, in one pass."""
+    """uint8 (S, S) -> float32 (1, S, S) as ``(x/255 - 0.5) / 0.25``, in one pass: one image (predict)."""
     out = img.astype(np.float32)
     out *= _SCALE
     out -= _SHIFT
     return out[None]
 
 
+def to_model_input(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 batch (B, 1, S, S), already on the model's device -> float32, normalised exactly as
+    ``normalise`` (the same two float32 operations, so the same numbers)."""
+    return batch.float().mul_(float(_SCALE)).sub_(float(_SHIFT))
+
+
 class CachedImageDataset(Dataset):
-    """``(image float32 (1,S,S), label int64)`` for the cache rows of one split.
+    """``(image uint8 (1,S,S), label int64)`` for the cache rows of one split.
 
     ``rows`` are cache row positions (``cache.rows(split_ids)``), ``labels`` the matching targets.
-    Pickles cheaply (the cache drops its memmap), so it works with DataLoader workers and Ray.
+    Index with a position (no augmentation key: epoch 0, draw = position) or an ``(index, draw, epoch)``
+    key. Pickles cheaply (the cache drops its memmap), so it works with DataLoader workers and Ray.
     """
 
     def __init__(self, cache: ImageCache, rows: np.ndarray, labels: np.ndarray, augment: float,
@@ -87,22 +96,18 @@ class CachedImageDataset(Dataset):
         self.labels = labels
         self.train = train
         self.seed = int(seed)
-        self.epoch = 0
         self.transform = build_transforms(augment, train)
-
-    def set_epoch(self, epoch: int) -> None:
-        """New augmentation draws per epoch (with persistent DataLoader workers, recreate them)."""
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index, draw = item if isinstance(item, tuple) else (item, item)
+    def __getitem__(self, item: int | tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, draw, epoch = item if isinstance(item, tuple) else (item, item, 0)
         img = self.cache.get(int(self.rows[index]))
         if self.transform is not None:
-            key = (self.seed, self.epoch, int(draw))
+            key = (self.seed, int(epoch), int(draw))
             self.transform.set_random_state(np.random.default_rng(key), random.Random(hash(key)))
             img = self.transform(image=np.ascontiguousarray(img))["image"]
-        x = torch.from_numpy(normalise(img))
+        # A copy: a memmap row must not leave the worker as a view of the mapping
+        x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)[None])
         return x, torch.tensor(self.labels[index], dtype=torch.int64)

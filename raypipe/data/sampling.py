@@ -98,21 +98,24 @@ def _weighted(cfg: TrainConfig, labels: np.ndarray, rank: int, world_size: int,
                                       power=cfg.sampler_power, seed=cfg.seed)
 
 
-class KeyedDraws(Sampler[tuple[int, int]]):
-    """``(index, draw)`` pairs from a rank's sampler, where ``draw`` numbers the draws of the whole epoch
-    across ranks (position x world + rank). The dataset keys its augmentation by the draw, not the index:
-    an image a weighted sampler draws three times in an epoch is augmented three ways, and two ranks never
-    produce the same tensor."""
+class KeyedDraws(Sampler[tuple[int, int, int]]):
+    """``(index, draw, epoch)`` keys from a rank's sampler, where ``draw`` numbers the draws of the whole
+    epoch across ranks (position x world + rank). The dataset keys its augmentation by the draw and the
+    epoch, not the index: an image a weighted sampler draws three times in an epoch is augmented three
+    ways, two ranks never produce the same tensor, and loader workers that live across epochs need no
+    message about the epoch (it comes with every key)."""
 
     def __init__(self, sampler: DistributedSampler, rank: int = 0, world_size: int = 1) -> None:
         self.sampler, self.rank, self.world_size = sampler, rank, world_size
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         for position, index in enumerate(self.sampler):
-            yield int(index), position * self.world_size + self.rank
+            yield int(index), position * self.world_size + self.rank, self.epoch
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -38,7 +38,7 @@ from mlflow.tracking import MlflowClient
 from raypipe import faults
 from raypipe import spec as run_spec
 from raypipe.config import RESOURCE_KEYS, PromotePlan, Resources, TrainConfig, from_dict
-from raypipe.data.dataset import CachedImageDataset
+from raypipe.data.dataset import CachedImageDataset, to_model_input
 from raypipe.data.prepare import prepare
 from raypipe.data.targets import parse_target
 from raypipe.errors import InputError
@@ -290,7 +290,7 @@ def _predict(model: torch.nn.Module, cache, rows: np.ndarray, n_classes: int) ->
     dataset = CachedImageDataset(cache, rows, np.zeros(len(rows), dtype=np.int64), 0.0, train=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=64)
     with torch.no_grad():
-        logits = torch.cat([model(images).float() for images, _ in loader])
+        logits = torch.cat([model(to_model_input(images)).float() for images, _ in loader])
     return scores_from_logits(logits, n_classes)
 
 

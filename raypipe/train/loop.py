@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from raypipe import faults
 from raypipe.config import TrainConfig
 from raypipe.data.cache import ImageCache
-from raypipe.data.dataset import CachedImageDataset
+from raypipe.data.dataset import CachedImageDataset, to_model_input
 from raypipe.data.sampling import KeyedDraws, build_sampler
 from raypipe.models.backbones import build_model, model_spec
 from raypipe.models.losses import build_loss
@@ -82,8 +82,9 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
     val_ds = CachedImageDataset(job.cache, job.val_rows, job.val_labels, 0.0, train=False, seed=cfg.seed)
     sampler = KeyedDraws(build_sampler(cfg, job.train_labels, session.rank, world), session.rank, world)
     batch = max(1, cfg.batch_size // world)  # cfg.batch_size is global
-    # Not persistent: the dataset's per-epoch augmentation seed must reach fresh loader workers.
-    loader_args = {"num_workers": cfg.loader_workers, "pin_memory": device.type == "cuda"}
+    # Persistent workers start once per run, not per epoch: the epoch reaches them in every sampler key.
+    loader_args = {"num_workers": cfg.loader_workers, "pin_memory": device.type == "cuda",
+                   "persistent_workers": cfg.loader_workers > 0}
     train_loader = train_data_loader(train_ds, sampler, batch, **loader_args)
     val_loader = DataLoader(val_ds, batch_size=2 * batch, shuffle=False, **loader_args)
 
@@ -114,7 +115,6 @@ def run(job: TrainJob, session: Session) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr_by_epoch[min(epoch, len(cfg.lr_by_epoch)) - 1]
         sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
         started = time.perf_counter()
         kill_point = f"train:rank{session.rank}@{epoch}"
         fault = functools.partial(faults.point, kill_point, FAULT_DELAY_S) if faults.armed(kill_point) else None
@@ -166,7 +166,7 @@ def _train_epoch(model, loader, criterion, optimizer, grad_clip, amp, device, wo
     model.train()
     total, count = torch.zeros((), device=device), 0
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
+        images = to_model_input(images.to(device, non_blocking=True))
         if device.type == "cuda":
             images = images.to(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
@@ -192,7 +192,7 @@ def _predict(model, loader, criterion, n_classes, amp, device) -> tuple[np.ndarr
     model.eval()
     ys, scores, loss_sum = [], [], 0.0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = to_model_input(images.to(device)), labels.to(device)
         with amp:
             logits = model(images).float()
         loss_sum += float(criterion(logits, labels)) * len(labels)
