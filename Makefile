@@ -51,14 +51,12 @@ demo: install
 	$(VENV)/bin/raypipe pipeline run --preset demo --run-dir $(RUN_DIR)
 
 # Jobs run `python` from the head's PATH: the venv goes first so they find raypipe's dependencies.
-# RAY_preload_python_modules: the pool's workers import torch, Ray Train and the loop before any trial asks.
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: without it Ray rewrites 127.0.0.1 to the host's address and its
 # GCS, raylet and agents listen on every interface (tests/e2e/test_security.py checks they do not).
 ray-up: install
 	@mkdir -p $(RAY_HEAD_DIR) && chmod 700 $(RAY_HEAD_DIR)
 	@test -s $(RAY_TOKEN) || (umask 077 && $(PY) -c "import secrets; print(secrets.token_hex(32))" > $(RAY_TOKEN))
 	PATH=$(abspath $(VENV))/bin:$$PATH RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(RAY_TOKEN) \
-	  RAY_preload_python_modules=$$($(PY) -c "from raypipe.ray_cluster import PRELOAD_MODULES as m; print(','.join(m))") \
 	  $(VENV)/bin/ray start --head --node-ip-address 127.0.0.1 --port $(RAY_PORT) \
 	  --dashboard-host 127.0.0.1 --dashboard-port $(RAY_DASHBOARD_PORT) \
 	  --dashboard-agent-listen-port $(RAY_AGENT_PORT) --disable-usage-stats >/dev/null

@@ -10,14 +10,6 @@ import ray
 from raypipe.errors import InputError
 
 
-# What every trial and Train worker imports (torch, timm, Ray Train, the loop): Ray's own worker pool
-# imports these into the workers it prestarts, while the driver is still preparing data and planning, so
-# a trial or DDP worker group starts on a warm process instead of paying several seconds of imports
-# (issue 17: ~8 s for the first trial, most of a W=2 trial's start). A cluster raypipe joins sets the
-# same list at `ray start` as RAY_preload_python_modules (Makefile, cluster/).
-PRELOAD_MODULES = ("raypipe.train.loop", "raypipe.tune.trial", "ray.train.torch")
-
-
 def init_ray() -> None:
     """Attach to ``RAY_ADDRESS`` when set, else start a private local cluster bound to 127.0.0.1.
 
@@ -29,6 +21,8 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     if not address or address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
         _stay_on_loopback()
+    if not address:
+        forget_dead_cluster_address()
     if address:
         try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
@@ -38,7 +32,7 @@ def init_ray() -> None:
                              "cluster also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH)") from None
     else:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-                 _node_ip_address="127.0.0.1", _system_config={"preload_python_modules": list(PRELOAD_MODULES)})
+                 _node_ip_address="127.0.0.1")
 
 
 def check_gpus(per_trial: float) -> None:
@@ -91,3 +85,26 @@ def release_placement_group(key: str) -> None:
         _internal_kv_del(key)
 
 
+def forget_dead_cluster_address() -> None:
+    """Remove Ray's "current cluster" file (``/tmp/ray/ray_current_cluster``) when nothing answers at it.
+
+    ``ray start`` writes it and only ``ray stop`` removes it; a head stopped otherwise (``make ray-down``,
+    a crash) leaves it behind. Ray's state API reads it even inside a private cluster: Ray Train's
+    placement-group cleaner then waits on a dead address, and every DDP run's shutdown stalls 12 s
+    (``Failed to stop PlacementGroupCleaner gracefully``). A live address is left alone.
+    """
+    import socket
+
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        host, port = open(path).read().strip().rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

@@ -89,6 +89,9 @@ def main(argv: list[str]) -> int:
     if not Path("/proc/self/stat").exists():
         return subprocess.call([str(Path(sys.executable).parent / "ray"), "stop", "--force"])
     found = stop(int(argv[1]))
+    from raypipe.ray_cluster import forget_dead_cluster_address
+
+    forget_dead_cluster_address()  # as `ray stop` does: no later Ray process looks for the stopped head
     print(f"stopped the Ray head on 127.0.0.1:{argv[1]} ({found} processes)" if found
           else f"no Ray head on 127.0.0.1:{argv[1]}")
     return 0

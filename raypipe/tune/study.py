@@ -52,15 +52,15 @@ __all__ = ["Study", "StudyOutcome", "TuneOptions", "plan", "run"]
 # runs twice). A W > 1 trial's Train run also restarts its own dead workers (launch.py).
 TRIAL_MAX_FAILURES = 1
 
+
 def plan_while_ray_starts(*args, **kwargs) -> tuple[list[Study], float]:
     """``plan(*args, **kwargs)`` in a thread while this thread starts (or joins) Ray; the plan and Ray's
     start-up time in seconds.
 
-    Planning reads the source and decodes the image cache (seconds to minutes); Ray's start is seconds of
-    mostly waiting on its processes, after which its worker pool imports torch and the loop
-    (``ray_cluster.PRELOAD_MODULES``): the two overlap instead of queueing. ``ray.init`` stays in the main
-    thread (it installs its SIGTERM handler only there). The planning thread is a daemon: an error
-    starting Ray reaches the user without waiting for the cache.
+    Planning reads the source and decodes the image cache (seconds to minutes, in threads); Ray's start is
+    seconds, mostly waiting on its own processes: the two overlap instead of queueing. ``ray.init`` stays
+    in the main thread (it installs its SIGTERM handler only there). The planning thread is a daemon: an
+    error starting Ray reaches the user without waiting for the cache.
     """
     from raypipe.ray_cluster import init_ray
 

@@ -398,18 +398,6 @@ def test_makefile_wraps_compose():
     assert re.search(r"^cluster-up:.*\n\t@?docker/make-secrets\.sh", makefile, re.MULTILINE)
 
 
-def test_every_ray_start_preloads_the_modules_a_trial_imports():
-    """Clusters raypipe joins warm their pooled workers with the same modules as the one it starts itself."""
-    from raypipe.ray_cluster import PRELOAD_MODULES
-
-    wanted = ",".join(PRELOAD_MODULES)
-    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    assert f"RAY_preload_python_modules={wanted} " in dockerfile  # KubeRay and compose nodes use this image
-    aws = (REPO / "cluster" / "aws.yaml").read_text()
-    assert aws.count("ray start") == aws.count(f"RAY_preload_python_modules={wanted} ~/venv/bin/ray start") == 2
-    assert "from raypipe.ray_cluster import PRELOAD_MODULES" in (REPO / "Makefile").read_text()
-
-
 def _fake_bin(tmp_path: Path) -> dict[str, str]:
     """`nvidia-smi` with two GPUs and a `ray` that records its arguments and holds on, like `--block`."""
     bin_dir = tmp_path / "bin"
