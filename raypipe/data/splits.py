@@ -146,6 +146,12 @@ def _train_val(df: pd.DataFrame, scheme: AgeScheme, params: SplitParams) -> np.n
     out = np.full(len(df), "train", dtype=object)
     if n_splits == 0 or df["patient_id"].nunique() < n_splits:
         return out
+    # A set so small that every stratum has fewer images than folds (sklearn refuses it outright): keep
+    # the label balance alone, or, smaller still, only the patient grouping.
+    for coarser in (df["label"].astype(str), pd.Series("all", index=df.index)):
+        if strata.value_counts().max() >= n_splits:
+            break
+        strata = coarser
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=params.seed)
     with warnings.catch_warnings():  # rare strata (few patients) are expected in small age groups
         warnings.simplefilter("ignore", UserWarning)

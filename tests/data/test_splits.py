@@ -160,3 +160,16 @@ def test_a_patient_in_the_source_test_split_never_trains():
     test_patients = set(m.loc[(s["split"] == "test").to_numpy(), "patient_id"])
     trained = set(m.loc[s["split"].isin(["train", "val"]).to_numpy(), "patient_id"])
     assert not test_patients & trained
+
+
+@pytest.mark.parametrize("n_patients", [6, 12])
+def test_a_tiny_set_still_gets_a_validation_split(n_patients):
+    """With every stratum (projection x age group x label) rarer than the folds, sklearn refuses to
+    stratify at all: the split keeps the label balance alone, or only the patient grouping, and never
+    stops with a traceback."""
+    m = fake_manifest(n_patients, seed=3)
+    s = make_splits(m, get_scheme("4group"), SplitParams(test_per_class=0, val_fraction=0.2, seed=0))
+    used = m.assign(split=s["split"].to_numpy())
+    assert (used["split"] == "val").any() and (used["split"] == "train").any()
+    val, train = (set(used.loc[used["split"] == k, "patient_id"]) for k in ("val", "train"))
+    assert not val & train
