@@ -184,8 +184,12 @@ def main() -> None:
     ap.add_argument("--augment", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=None, help="target seconds per measured epoch (1.5; quick 0.6)")
     ap.add_argument("--repeats", type=int, default=2, help="epochs per figure; the best is reported")
+    ap.add_argument("--consumer-threads", type=int, default=1, help="torch threads of the consuming process "
+                    "(default 1: a trial with cpus_per_worker 1, as Ray sets OMP_NUM_THREADS to a worker's CPUs; "
+                    "more threads spin against the loader workers on a small machine)")
     args = ap.parse_args()
     reserve_stdout()
+    torch.set_num_threads(args.consumer_threads)
     sources = args.sources or ("1000x600" if args.quick else "1000x600,2000x1000")
     patients = args.patients or (12 if args.quick else 30)
     seconds = args.seconds or (0.6 if args.quick else 1.5)
@@ -232,7 +236,7 @@ def main() -> None:
         "ratio_384_1000x600_w1": ratios.get("ratio_384_1000x600_w1"),
         "ratio_384_1000x600_w2": ratios.get("ratio_384_1000x600_w2"),
         "benchmark": "input_pipeline", **info, "quick": args.quick, "batch_size": args.batch_size,
-        "augment": args.augment, "cv2_threads": cv2_threads, "results": results, "cache_builds": builds,
+        "augment": args.augment, "cv2_threads": cv2_threads, "consumer_torch_threads": args.consumer_threads, "results": results, "cache_builds": builds,
         "augment_ms_per_image_in_process": augment_ms,
         "target": {"criterion": f"cache >= {TARGET_RATIO:g}x seed at 384 px",
                    "met_by_case": {f"{r['source']}@384,w{r['workers']}": r["ratio_cache_over_seed"] >= TARGET_RATIO

@@ -108,6 +108,6 @@ class CachedImageDataset(Dataset):
             key = (self.seed, int(epoch), int(draw))
             self.transform.set_random_state(np.random.default_rng(key), random.Random(hash(key)))
             img = self.transform(image=np.ascontiguousarray(img))["image"]
-        # A copy: a memmap row must not leave the worker as a view of the mapping
-        x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)[None])
-        return x, torch.tensor(self.labels[index], dtype=torch.int64)
+        if not (img.flags.writeable and img.flags.c_contiguous):  # the memmap row itself, or a flipped view
+            img = np.array(img, copy=True)
+        return torch.from_numpy(img[None]), torch.tensor(self.labels[index], dtype=torch.int64)
