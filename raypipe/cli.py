@@ -179,13 +179,12 @@ def tune(
     experiment = experiment or default_experiment(preset, config)
     space = space or plan_defaults.space
     with progress_bar("decoding images into the cache") as progress:
-        planned, ray_start_s = studies_mod.plan_while_ray_starts(
-            data, list(targets), space, base, overrides, run_dir, experiment, options, source, progress,
-            per_target=plan_defaults.per_target)
+        planned = studies_mod.plan(data, list(targets), space, base, overrides, run_dir, experiment, options,
+                                   source, progress, per_target=plan_defaults.per_target)
     console.print(f"{'resuming' if resume else 'tuning'} {len(planned)} target(s), {options.trials} trials each: "
                   + ", ".join(s.target.name for s in planned))
     with ProgressBoard(console) as board:
-        outcomes = studies_mod.run(planned, options, run_dir, on_tick=board.update, ray_start_s=ray_start_s)
+        outcomes = studies_mod.run(planned, options, run_dir, on_tick=board.update)
     table = Table(title=f"best trial per target (experiment '{experiment}')", title_justify="left")
     for column in ("target", "metric", "base config", "best", "trial", "finished", "pruned", "failed", "minutes"):
         table.add_column(column, justify="left" if column in ("target", "metric") else "right")

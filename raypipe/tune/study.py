@@ -53,39 +53,8 @@ __all__ = ["Study", "StudyOutcome", "TuneOptions", "plan", "run"]
 TRIAL_MAX_FAILURES = 1
 
 
-def plan_while_ray_starts(*args, **kwargs) -> tuple[list[Study], float]:
-    """``plan(*args, **kwargs)`` in a thread while this thread starts (or joins) Ray; the plan and Ray's
-    start-up time in seconds.
-
-    Planning reads the source and decodes the image cache (seconds to minutes, in threads); Ray's start is
-    seconds, mostly waiting on its own processes: the two overlap instead of queueing. ``ray.init`` stays
-    in the main thread (it installs its SIGTERM handler only there). The planning thread is a daemon: an
-    error starting Ray reaches the user without waiting for the cache.
-    """
-    from raypipe.ray_cluster import init_ray
-
-    outcome: dict[str, object] = {}
-
-    def planning() -> None:
-        try:
-            outcome["planned"] = plan(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the main thread, as plan() would have raised it
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=planning, name="plan", daemon=True)
-    thread.start()
-    started = time.monotonic()
-    init_ray()
-    ray_start_s = time.monotonic() - started
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["planned"], ray_start_s  # type: ignore[return-value]
-
-
 def run(studies: list[Study], options: TuneOptions, run_dir: Path,
-        on_tick: Callable[[list[StudyState]], None] | None = None,
-        ray_start_s: float | None = None) -> list[StudyOutcome]:
+        on_tick: Callable[[list[StudyState]], None] | None = None) -> list[StudyOutcome]:
     """Fit every study at once (one driver thread each) and summarise each in its MLflow parent run."""
     from raypipe.ray_cluster import check_gpus, init_ray
 
@@ -100,8 +69,8 @@ def run(studies: list[Study], options: TuneOptions, run_dir: Path,
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     started = time.monotonic()
-    init_ray()  # a no-op after plan_while_ray_starts, which measured the start
-    ray_start_s = time.monotonic() - started if ray_start_s is None else ray_start_s
+    init_ray()
+    ray_start_s = time.monotonic() - started
     import ray
 
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
